@@ -1,0 +1,33 @@
+// ModelSession: what every model-running subcommand shares — the flags that choose the
+// checkpoint, backend and threads, and the loaded model on its Ops.
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "cli/flags.h"
+#include "kernels/cpu/cpu_ops.h"
+#include "models/deepseek_model.h"
+
+namespace dserve::cli {
+
+// --model, --device, --threads, --mla-mode.
+std::vector<FlagSpec> ModelFlags();
+
+struct ModelSession {
+  std::unique_ptr<kernels::cpu::CpuOps> ops;
+  std::unique_ptr<models::DeepseekModel> model;
+  kernels::MlaMode mla_mode = kernels::MlaMode::kAuto;
+};
+
+absl::StatusOr<ModelSession> OpenModel(const Flags& flags);
+
+// Prints a status as "dserve <command>: <message>" and returns the exit code for it.
+int ReportError(const std::string& command, const absl::Status& status);
+// Parses flags; on --help prints usage and sets *exit_code = 0, on errors prints and sets 2.
+bool ParseOrExit(const std::string& command, const std::string& summary,
+                 const std::vector<FlagSpec>& specs, const std::vector<std::string>& args,
+                 Flags* flags, int* exit_code);
+
+}  // namespace dserve::cli

@@ -1,0 +1,128 @@
+#include "kernels/cpu/cpu_ops.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+namespace dserve::kernels::cpu {
+namespace {
+
+// Rows decoded to F32 at a time in the many-token GEMM path.
+constexpr int64_t kPanelRows = 16;
+// Up to this many tokens, matrix products read the weights directly (decode steps).
+constexpr int64_t kGemvMaxTokens = 4;
+
+void CheckF32Matrix(const Tensor& t, int64_t rows, int64_t cols, const char* what) {
+  DSERVE_CHECK(t.dtype() == DType::kF32 && t.rank() == 2 && t.dim(0) == rows &&
+               t.dim(1) == cols)
+      << what << " is " << t.ShapeString() << ", expected F32 [" << rows << ", " << cols << "]";
+}
+
+}  // namespace
+
+CpuOps::CpuOps(int num_threads, Isa isa) : pool_(num_threads), prims_(GetPrimitives(isa)) {}
+
+Tensor CpuOps::Empty(DType dtype, std::vector<int64_t> shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return Tensor(AllocateHost(static_cast<size_t>(n) * DTypeSize(dtype)), dtype, std::move(shape));
+}
+
+void CpuOps::Embedding(const Weight& table, std::span<const int32_t> ids, Tensor& out) {
+  const int64_t T = static_cast<int64_t>(ids.size());
+  CheckF32Matrix(out, T, table.cols, "embedding output");
+  float* y = out.data<float>();
+  for (int64_t t = 0; t < T; ++t) {
+    DSERVE_CHECK(ids[t] >= 0 && ids[t] < table.rows) << "token id " << ids[t];
+    prims_.decode_rows(table, ids[t], ids[t] + 1, y + t * table.cols);
+  }
+}
+
+void CpuOps::RmsNorm(const Tensor& x, const Tensor& weight, float eps, Tensor& out) {
+  const int64_t T = x.dim(0), D = x.dim(1);
+  CheckF32Matrix(out, T, D, "rmsnorm output");
+  DSERVE_CHECK(weight.numel() == D) << "rmsnorm weight " << weight.ShapeString();
+  const float* w = weight.data<float>();
+  pool_.ParallelFor(T, GrainFor(D), [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t) {
+      const float* in = x.data<float>() + t * D;
+      float* o = out.data<float>() + t * D;
+      const float inv = 1.0f / std::sqrt(prims_.dot(in, in, D) / D + eps);
+      for (int64_t i = 0; i < D; ++i) o[i] = in[i] * inv * w[i];
+    }
+  });
+}
+
+void CpuOps::AddRmsNorm(Tensor& residual, const Tensor& delta, const Tensor& weight, float eps,
+                        Tensor& out) {
+  Add(residual, delta);
+  RmsNorm(residual, weight, eps, out);
+}
+
+void CpuOps::LinearRaw(const float* x, int64_t T, const Weight& w, float* y) {
+  const int64_t K = w.cols, N = w.rows;
+  if (T <= kGemvMaxTokens) {
+    pool_.ParallelFor(N, GrainFor(K * T), [&](int64_t b, int64_t e) {
+      prims_.gemv_rows(w, b, e, x, K, T, y + b, N);
+    });
+    return;
+  }
+  const int64_t panels = (N + kPanelRows - 1) / kPanelRows;
+  pool_.ParallelFor(panels, GrainFor(kPanelRows * K * T), [&](int64_t b, int64_t e) {
+    thread_local std::vector<float> scratch;
+    scratch.resize(kPanelRows * K);
+    for (int64_t p = b; p < e; ++p) {
+      const int64_t r0 = p * kPanelRows, r1 = std::min(N, r0 + kPanelRows);
+      prims_.decode_rows(w, r0, r1, scratch.data());
+      prims_.gemm_panel(x, K, T, scratch.data(), r1 - r0, K, y + r0, N);
+    }
+  });
+}
+
+void CpuOps::Linear(const Tensor& x, const Weight& w, Tensor& out) {
+  const int64_t T = x.dim(0);
+  CheckF32Matrix(x, T, w.cols, "linear input");
+  CheckF32Matrix(out, T, w.rows, "linear output");
+  LinearRaw(x.data<float>(), T, w, out.data<float>());
+}
+
+void CpuOps::SiluMul(const Tensor& gate, const Tensor& up, Tensor& out) {
+  const int64_t n = gate.numel();
+  DSERVE_CHECK(up.numel() == n && out.numel() == n) << "silu_mul sizes";
+  const float* g = gate.data<float>();
+  const float* u = up.data<float>();
+  float* o = out.data<float>();
+  pool_.ParallelFor(n, 1 << 14, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) o[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+  });
+}
+
+void CpuOps::Add(Tensor& x, const Tensor& y) {
+  const int64_t n = x.numel();
+  DSERVE_CHECK(y.numel() == n) << "add " << x.ShapeString() << " + " << y.ShapeString();
+  float* a = x.data<float>();
+  const float* b = y.data<float>();
+  for (int64_t i = 0; i < n; ++i) a[i] += b[i];
+}
+
+void CpuOps::ConcatColumns(const Tensor& a, const Tensor& b, Tensor& out) {
+  const int64_t T = a.dim(0), A = a.dim(1), B = b.dim(1);
+  CheckF32Matrix(out, T, A + B, "concat output");
+  for (int64_t t = 0; t < T; ++t) {
+    std::memcpy(out.data<float>() + t * (A + B), a.data<float>() + t * A, A * sizeof(float));
+    std::memcpy(out.data<float>() + t * (A + B) + A, b.data<float>() + t * B, B * sizeof(float));
+  }
+}
+
+void ApplyRope(const float* in, float* out, const float* cos, const float* sin,
+               int64_t rope_dim) {
+  const int64_t half = rope_dim / 2;
+  for (int64_t i = 0; i < half; ++i) {
+    const float a = in[2 * i], b = in[2 * i + 1];
+    out[i] = a * cos[i] - b * sin[i];
+    out[half + i] = b * cos[i] + a * sin[i];
+  }
+}
+
+}  // namespace dserve::kernels::cpu

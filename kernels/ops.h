@@ -1,0 +1,94 @@
+// Ops: the operations the DeepSeek network is written in. models/ calls only these; each
+// backend (kernels/cpu/, later kernels/cuda/) implements them on its own device memory.
+// Activations are F32 tensors [rows, features]; weights stay in their stored dtype.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string_view>
+#include <vector>
+
+#include "core/tensor.h"
+#include "kernels/latent_cache.h"
+#include "kernels/router_config.h"
+#include "kernels/weight.h"
+
+namespace dserve::kernels {
+
+// cos/sin of every RoPE frequency at positions [0, num_positions), YaRN's mscale folded in.
+struct RopeTable {
+  const float* cos = nullptr;  // [num_positions, rope_dim / 2]
+  const float* sin = nullptr;
+  int64_t num_positions = 0;
+  int64_t rope_dim = 0;
+};
+
+// Naive MLA expands the cached latents to per-head K/V (cheap per query: prefill); absorbed
+// MLA folds kv_b into the query and attends in the latent space (cheap per cached token:
+// decode). kAuto picks per sequence by arithmetic cost.
+enum class MlaMode { kAuto, kNaive, kAbsorbed };
+
+struct MlaParams {
+  const AttentionBatch* batch = nullptr;
+  const LatentCache* cache = nullptr;
+  int layer = 0;
+  const Weight* kv_b = nullptr;  // [heads * (nope + v), kv_lora_rank]
+  int num_heads = 0;
+  int64_t nope_dim = 0;
+  int64_t rope_dim = 0;
+  int64_t v_dim = 0;
+  const RopeTable* rope = nullptr;
+  float softmax_scale = 1.0f;
+  MlaMode mode = MlaMode::kAuto;
+};
+
+// One routed or shared expert: a SwiGLU MLP.
+struct MlpWeights {
+  Weight gate;  // [intermediate, hidden]
+  Weight up;    // [intermediate, hidden]
+  Weight down;  // [hidden, intermediate]
+};
+
+class Ops {
+ public:
+  virtual ~Ops() = default;
+  virtual std::string_view name() const = 0;
+
+  // New F32/I32 activation tensor on this backend's device.
+  virtual Tensor Empty(DType dtype, std::vector<int64_t> shape) = 0;
+
+  // out[t, :] = table[ids[t], :] as F32.
+  virtual void Embedding(const Weight& table, std::span<const int32_t> ids, Tensor& out) = 0;
+  // out = x * rsqrt(mean(x^2) + eps) * weight, row by row. out may be x.
+  virtual void RmsNorm(const Tensor& x, const Tensor& weight, float eps, Tensor& out) = 0;
+  // residual += delta, then out = RmsNorm(residual).
+  virtual void AddRmsNorm(Tensor& residual, const Tensor& delta, const Tensor& weight, float eps,
+                          Tensor& out) = 0;
+  // out[T, N] = x[T, K] * W[N, K]^T.
+  virtual void Linear(const Tensor& x, const Weight& w, Tensor& out) = 0;
+  // out = silu(gate) * up, elementwise. out may be gate.
+  virtual void SiluMul(const Tensor& gate, const Tensor& up, Tensor& out) = 0;
+  // x += y.
+  virtual void Add(Tensor& x, const Tensor& y) = 0;
+  // out[T, A + B] = [a[T, A], b[T, B]].
+  virtual void ConcatColumns(const Tensor& a, const Tensor& b, Tensor& out) = 0;
+
+  // Splits kv_a [T, kv_lora + rope] (kv_a_proj_with_mqa's output), normalises the latent with
+  // kv_norm, applies RoPE to k_pe and stores both in the cache at each row's slot.
+  virtual void MlaWriteCache(const Tensor& kv_a, const Tensor& kv_norm, float eps,
+                             const RopeTable& rope, const AttentionBatch& batch,
+                             LatentCache& cache, int layer) = 0;
+  // q [T, heads * (nope + rope)] (RoPE not yet applied) attends to each sequence's cached
+  // tokens (causally for the new ones); out [T, heads * v].
+  virtual void MlaAttention(const MlaParams& params, const Tensor& q, Tensor& out) = 0;
+
+  // Gate: router logits x * router^T, scores, top-k. ids [T, k] I32, weights [T, k] F32.
+  // bias ([experts] F32, may be empty) only affects which experts are chosen.
+  virtual void MoeRoute(const Tensor& x, const Weight& router, const Tensor& bias,
+                        const RouterConfig& config, Tensor& ids, Tensor& weights) = 0;
+  // out = sum over k of weights[t, k] * experts[ids[t, k]](x[t]).
+  virtual void MoeExperts(const Tensor& x, std::span<const MlpWeights> experts,
+                          const Tensor& ids, const Tensor& weights, Tensor& out) = 0;
+};
+
+}  // namespace dserve::kernels

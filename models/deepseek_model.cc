@@ -1,0 +1,251 @@
+#include "models/deepseek_model.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "core/check.h"
+
+namespace dserve::models {
+
+using kernels::AttentionBatch;
+using kernels::LatentCache;
+using kernels::MlaMode;
+
+absl::StatusOr<std::unique_ptr<DeepseekModel>> DeepseekModel::Load(const std::string& dir,
+                                                                   kernels::Ops& ops,
+                                                                   bool show_progress) {
+  DSERVE_ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(dir));
+  DSERVE_ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> checkpoint,
+                          Checkpoint::Open(dir, show_progress));
+  DSERVE_ASSIGN_OR_RETURN(ModelWeights weights, BindWeights(config, *checkpoint));
+  return std::unique_ptr<DeepseekModel>(
+      new DeepseekModel(std::move(config), std::move(checkpoint), std::move(weights), ops));
+}
+
+DeepseekModel::DeepseekModel(ModelConfig config, std::unique_ptr<Checkpoint> checkpoint,
+                             ModelWeights weights, kernels::Ops& ops)
+    : config_(std::move(config)),
+      checkpoint_(std::move(checkpoint)),
+      weights_(std::move(weights)),
+      ops_(ops),
+      rope_(config_) {}
+
+kernels::LatentCacheShape DeepseekModel::CacheShape(int64_t num_pages, int64_t page_size) const {
+  kernels::LatentCacheShape s;
+  s.num_layers = config_.num_hidden_layers + (has_mtp() ? 1 : 0);
+  s.kv_lora_rank = config_.kv_lora_rank;
+  s.rope_dim = config_.qk_rope_head_dim;
+  s.page_size = page_size;
+  s.num_pages = num_pages;
+  return s;
+}
+
+absl::Status DeepseekModel::Validate(std::span<const int32_t> tokens, const AttentionBatch& batch,
+                                     std::span<const int32_t> logit_rows,
+                                     const LatentCache& cache, int cache_layer) {
+  const int64_t T = static_cast<int64_t>(tokens.size());
+  if (T == 0) return absl::InvalidArgumentError("a forward step needs at least one token");
+  if (static_cast<int64_t>(batch.positions.size()) != T) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(batch.positions.size(), " positions given for ", T, " tokens"));
+  }
+  for (int64_t t = 0; t < T; ++t) {
+    if (tokens[t] < 0 || tokens[t] >= config_.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat("token id ", tokens[t], " at row ", t,
+                                                     " is outside the vocabulary [0, ",
+                                                     config_.vocab_size, ")"));
+    }
+    if (batch.positions[t] < 0 || batch.positions[t] >= config_.max_position_embeddings) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "position ", batch.positions[t], " at row ", t,
+          " is outside the model's context [0, ", config_.max_position_embeddings, ")"));
+    }
+  }
+  const kernels::LatentCacheShape& s = cache.shape();
+  if (cache_layer >= s.num_layers || s.kv_lora_rank != config_.kv_lora_rank ||
+      s.rope_dim != config_.qk_rope_head_dim) {
+    return absl::InvalidArgumentError("the latent cache was not shaped for this model");
+  }
+  int64_t covered = 0;
+  for (const kernels::SequenceSlice& seq : batch.sequences) {
+    if (seq.row_begin != covered || seq.num_tokens < 0 || seq.cached_tokens < 0) {
+      return absl::InvalidArgumentError("sequence slices must tile the batch rows in order");
+    }
+    covered += seq.num_tokens;
+    const int64_t need = seq.cached_tokens + seq.num_tokens;
+    if (static_cast<int64_t>(seq.block_table.size()) * s.page_size < need) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("a block table of ", seq.block_table.size(), " pages cannot hold ", need,
+                       " tokens"));
+    }
+    for (int32_t page : seq.block_table) {
+      if (page < 0 || page >= s.num_pages) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("block table names page ", page, " of a cache with ", s.num_pages));
+      }
+    }
+  }
+  if (covered != T) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("sequence slices cover ", covered, " rows of ", T));
+  }
+  for (int32_t r : logit_rows) {
+    if (r < 0 || r >= T) {
+      return absl::InvalidArgumentError(absl::StrCat("logit row ", r, " is not a batch row"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+Tensor DeepseekModel::Mlp(const MlpWeights& w, const Tensor& h) {
+  const int64_t T = h.dim(0);
+  Tensor gate = ops_.Empty(DType::kF32, {T, w.gate.rows});
+  Tensor up = ops_.Empty(DType::kF32, {T, w.up.rows});
+  ops_.Linear(h, w.gate, gate);
+  ops_.Linear(h, w.up, up);
+  ops_.SiluMul(gate, up, gate);
+  Tensor out = ops_.Empty(DType::kF32, {T, w.down.rows});
+  ops_.Linear(gate, w.down, out);
+  return out;
+}
+
+Tensor DeepseekModel::Attention(const AttentionWeights& w, int cache_layer,
+                                const AttentionBatch& batch, MlaMode mode, LatentCache& cache,
+                                const Tensor& h) {
+  const ModelConfig& c = config_;
+  const int64_t T = h.dim(0);
+  const int64_t H = c.num_attention_heads;
+  Tensor q = ops_.Empty(DType::kF32, {T, H * c.qk_head_dim()});
+  if (c.q_lora_rank > 0) {
+    Tensor qa = ops_.Empty(DType::kF32, {T, c.q_lora_rank});
+    ops_.Linear(h, w.q_a, qa);
+    ops_.RmsNorm(qa, w.q_a_norm, static_cast<float>(c.rms_norm_eps), qa);
+    ops_.Linear(qa, w.q_b, q);
+  } else {
+    ops_.Linear(h, w.q, q);
+  }
+  Tensor kv_a = ops_.Empty(DType::kF32, {T, c.kv_lora_rank + c.qk_rope_head_dim});
+  ops_.Linear(h, w.kv_a, kv_a);
+
+  int32_t max_pos = 0;
+  for (int32_t p : batch.positions) max_pos = std::max(max_pos, p);
+  const kernels::RopeTable& rope = rope_.Table(max_pos + 1);
+  ops_.MlaWriteCache(kv_a, w.kv_a_norm, static_cast<float>(c.rms_norm_eps), rope, batch, cache,
+                     cache_layer);
+
+  kernels::MlaParams p;
+  p.batch = &batch;
+  p.cache = &cache;
+  p.layer = cache_layer;
+  p.kv_b = &w.kv_b;
+  p.num_heads = static_cast<int>(H);
+  p.nope_dim = c.qk_nope_head_dim;
+  p.rope_dim = c.qk_rope_head_dim;
+  p.v_dim = c.v_head_dim;
+  p.rope = &rope;
+  p.softmax_scale = static_cast<float>(c.SoftmaxScale());
+  p.mode = mode;
+  Tensor heads = ops_.Empty(DType::kF32, {T, H * c.v_head_dim});
+  ops_.MlaAttention(p, q, heads);
+  Tensor out = ops_.Empty(DType::kF32, {T, c.hidden_size});
+  ops_.Linear(heads, w.o, out);
+  return out;
+}
+
+void DeepseekModel::Block(const BlockWeights& w, int layer, int cache_layer,
+                          const AttentionBatch& batch, MlaMode mode, LatentCache& cache, Tensor& x,
+                          const TraceFn& trace) {
+  const ModelConfig& c = config_;
+  const float eps = static_cast<float>(c.rms_norm_eps);
+  const int64_t T = x.dim(0);
+  Tensor h = ops_.Empty(DType::kF32, {T, c.hidden_size});
+  ops_.RmsNorm(x, w.input_norm, eps, h);
+  Tensor attn = Attention(w.attn, cache_layer, batch, mode, cache, h);
+  ops_.AddRmsNorm(x, attn, w.post_attention_norm, eps, h);
+
+  Tensor ffn, ids, expert_weights;
+  if (!w.is_moe) {
+    ffn = Mlp(w.mlp, h);
+  } else {
+    const kernels::RouterConfig router = c.Router();
+    ids = ops_.Empty(DType::kI32, {T, router.top_k});
+    expert_weights = ops_.Empty(DType::kF32, {T, router.top_k});
+    ops_.MoeRoute(h, w.moe.router, w.moe.bias, router, ids, expert_weights);
+    ffn = ops_.Empty(DType::kF32, {T, c.hidden_size});
+    ops_.MoeExperts(h, w.moe.experts, ids, expert_weights, ffn);
+    if (w.moe.shared) ops_.Add(ffn, Mlp(*w.moe.shared, h));
+  }
+  ops_.Add(x, ffn);
+  if (trace) {
+    trace(LayerTrace{layer, attn, ffn, x, w.is_moe ? &ids : nullptr,
+                     w.is_moe ? &expert_weights : nullptr});
+  }
+}
+
+std::vector<float> DeepseekModel::Logits(const Weight& head, const Tensor& x,
+                                         std::span<const int32_t> rows) {
+  const int64_t n = static_cast<int64_t>(rows.size());
+  std::vector<float> logits(n * config_.vocab_size);
+  if (n == 0) return logits;
+  Tensor picked = ops_.Empty(DType::kF32, {n, config_.hidden_size});
+  for (int64_t i = 0; i < n; ++i) {
+    std::memcpy(picked.data<float>() + i * config_.hidden_size,
+                x.data<float>() + rows[i] * config_.hidden_size,
+                config_.hidden_size * sizeof(float));
+  }
+  Tensor out = ops_.Empty(DType::kF32, {n, config_.vocab_size});
+  ops_.Linear(picked, head, out);
+  std::memcpy(logits.data(), out.data<float>(), logits.size() * sizeof(float));
+  return logits;
+}
+
+absl::Status DeepseekModel::Forward(const ForwardInput& in, LatentCache& cache,
+                                    ForwardOutput* out) {
+  DSERVE_RETURN_IF_ERROR(Validate(in.tokens, in.batch, in.logit_rows, cache, 0));
+  const ModelConfig& c = config_;
+  const int64_t T = static_cast<int64_t>(in.tokens.size());
+  Tensor x = ops_.Empty(DType::kF32, {T, c.hidden_size});
+  ops_.Embedding(weights_.embed, in.tokens, x);
+  for (int layer = 0; layer < c.num_hidden_layers; ++layer) {
+    Block(weights_.layers[layer], layer, layer, in.batch, in.mla_mode, cache, x, in.trace);
+  }
+  out->hidden = ops_.Empty(DType::kF32, {T, c.hidden_size});
+  ops_.RmsNorm(x, weights_.final_norm, static_cast<float>(c.rms_norm_eps), out->hidden);
+  out->logits = Logits(weights_.lm_head, out->hidden, in.logit_rows);
+  return absl::OkStatus();
+}
+
+absl::Status DeepseekModel::ForwardMtp(const MtpInput& in, LatentCache& cache,
+                                       std::vector<float>* logits) {
+  if (!has_mtp()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(checkpoint_->dir(), " has no MTP layer (model.layers.",
+                     config_.num_hidden_layers, ".eh_proj.weight)"));
+  }
+  DSERVE_RETURN_IF_ERROR(
+      Validate(in.next_tokens, in.batch, in.logit_rows, cache, mtp_cache_layer()));
+  const ModelConfig& c = config_;
+  const MtpWeights& m = *weights_.mtp;
+  const int64_t T = static_cast<int64_t>(in.next_tokens.size());
+  if (!in.hidden || in.hidden->dim(0) != T || in.hidden->dim(1) != c.hidden_size) {
+    return absl::InvalidArgumentError("MTP input needs one main-model hidden state per token");
+  }
+  const float eps = static_cast<float>(c.rms_norm_eps);
+  Tensor e = ops_.Empty(DType::kF32, {T, c.hidden_size});
+  ops_.Embedding(m.embed, in.next_tokens, e);
+  ops_.RmsNorm(e, m.enorm, eps, e);
+  Tensor h = ops_.Empty(DType::kF32, {T, c.hidden_size});
+  ops_.RmsNorm(*in.hidden, m.hnorm, eps, h);
+  Tensor cat = ops_.Empty(DType::kF32, {T, 2 * c.hidden_size});
+  ops_.ConcatColumns(e, h, cat);
+  Tensor x = ops_.Empty(DType::kF32, {T, c.hidden_size});
+  ops_.Linear(cat, m.eh_proj, x);
+  Block(m.block, c.num_hidden_layers, mtp_cache_layer(), in.batch, in.mla_mode, cache, x,
+        in.trace);
+  ops_.RmsNorm(x, m.head_norm, eps, x);
+  *logits = Logits(m.head, x, in.logit_rows);
+  return absl::OkStatus();
+}
+
+}  // namespace dserve::models

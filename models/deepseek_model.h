@@ -1,0 +1,101 @@
+// DeepseekModel: the DeepSeek-V2/V3 network (MLA + dense/MoE blocks + final norm + LM head,
+// and V3's MTP module) written once as calls on kernels::Ops, over the paged latent cache.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "kernels/latent_cache.h"
+#include "kernels/ops.h"
+#include "models/checkpoint.h"
+#include "models/config.h"
+#include "models/rope.h"
+#include "models/weights.h"
+
+namespace dserve::models {
+
+// Per-layer intermediates, for tests and debugging; layer == num_hidden_layers is the MTP block.
+struct LayerTrace {
+  int layer;
+  const Tensor& attn_out;   // after o_proj
+  const Tensor& ffn_out;    // MLP or MoE output (routed + shared)
+  const Tensor& layer_out;  // residual stream after the layer
+  const Tensor* expert_ids;      // [T, top_k] I32 (MoE layers only)
+  const Tensor* expert_weights;  // [T, top_k] F32
+};
+using TraceFn = std::function<void(const LayerTrace&)>;
+
+struct ForwardInput {
+  std::span<const int32_t> tokens;     // [T], the flattened new tokens of all sequences
+  kernels::AttentionBatch batch;       // positions [T] and each sequence's slice
+  std::span<const int32_t> logit_rows;  // rows whose logits are returned
+  kernels::MlaMode mla_mode = kernels::MlaMode::kAuto;
+  TraceFn trace;  // optional
+};
+
+struct ForwardOutput {
+  std::vector<float> logits;  // [logit_rows.size(), vocab], host memory
+  Tensor hidden;              // [T, hidden]: the last hidden state after model.norm
+};
+
+// The MTP module's input: row i combines the main model's normed hidden state h[i] with the
+// embedding of the token that follows it, at the same position as h[i].
+struct MtpInput {
+  std::span<const int32_t> next_tokens;  // [T]
+  const Tensor* hidden = nullptr;        // [T, hidden], after model.norm
+  kernels::AttentionBatch batch;         // positions and slices into the MTP layer's cache
+  std::span<const int32_t> logit_rows;
+  kernels::MlaMode mla_mode = kernels::MlaMode::kAuto;
+  TraceFn trace;
+};
+
+class DeepseekModel {
+ public:
+  // Reads config.json and maps the checkpoint; weights stay in their stored dtype.
+  static absl::StatusOr<std::unique_ptr<DeepseekModel>> Load(const std::string& dir,
+                                                             kernels::Ops& ops,
+                                                             bool show_progress = true);
+
+  const ModelConfig& config() const { return config_; }
+  const ModelWeights& weights() const { return weights_; }
+  const Checkpoint& checkpoint() const { return *checkpoint_; }
+  bool has_mtp() const { return weights_.mtp.has_value(); }
+  // Cache layer of the MTP module (after the main layers).
+  int mtp_cache_layer() const { return config_.num_hidden_layers; }
+  // A cache with room for every layer, the MTP layer included.
+  kernels::LatentCacheShape CacheShape(int64_t num_pages, int64_t page_size = 64) const;
+
+  // One forward step over a flattened batch; writes each new token's latent into the cache.
+  absl::Status Forward(const ForwardInput& in, kernels::LatentCache& cache, ForwardOutput* out);
+  // The MTP head's logits (draft distribution for the token after next_tokens).
+  absl::Status ForwardMtp(const MtpInput& in, kernels::LatentCache& cache,
+                          std::vector<float>* logits);
+
+ private:
+  DeepseekModel(ModelConfig config, std::unique_ptr<Checkpoint> checkpoint, ModelWeights weights,
+                kernels::Ops& ops);
+
+  absl::Status Validate(std::span<const int32_t> tokens, const kernels::AttentionBatch& batch,
+                        std::span<const int32_t> logit_rows, const kernels::LatentCache& cache,
+                        int cache_layer);
+  // x [T, hidden] goes through one decoder block in place.
+  void Block(const BlockWeights& w, int layer, int cache_layer, const kernels::AttentionBatch& b,
+             kernels::MlaMode mode, kernels::LatentCache& cache, Tensor& x, const TraceFn& trace);
+  Tensor Attention(const AttentionWeights& w, int cache_layer, const kernels::AttentionBatch& b,
+                   kernels::MlaMode mode, kernels::LatentCache& cache, const Tensor& h);
+  Tensor Mlp(const MlpWeights& w, const Tensor& h);
+  // Logits of the chosen rows of x (already normed) through `head`.
+  std::vector<float> Logits(const Weight& head, const Tensor& x, std::span<const int32_t> rows);
+
+  ModelConfig config_;
+  std::unique_ptr<Checkpoint> checkpoint_;
+  ModelWeights weights_;
+  kernels::Ops& ops_;
+  RopeCache rope_;
+};
+
+}  // namespace dserve::models

@@ -1,0 +1,157 @@
+#include "models/presets.h"
+
+#include "absl/strings/str_cat.h"
+
+namespace dserve::models {
+namespace {
+
+using Json = nlohmann::ordered_json;
+
+// DeepSeek-V3's config.json (as published) with the dimensions shrunk.
+Json TinyV3Config(bool fp8) {
+  Json c = {
+      {"architectures", {"DeepseekV3ForCausalLM"}},
+      {"attention_bias", false},
+      {"attention_dropout", 0.0},
+      {"bos_token_id", 0},
+      {"eos_token_id", 1},
+      {"ep_size", 1},
+      {"first_k_dense_replace", 1},
+      {"hidden_act", "silu"},
+      {"hidden_size", 256},
+      {"initializer_range", 0.02},
+      {"intermediate_size", 512},
+      {"kv_lora_rank", 128},
+      {"max_position_embeddings", 163840},
+      {"model_type", "deepseek_v3"},
+      {"moe_intermediate_size", 128},
+      {"moe_layer_freq", 1},
+      {"n_group", 4},
+      {"n_routed_experts", 16},
+      {"n_shared_experts", 1},
+      {"norm_topk_prob", true},
+      {"num_attention_heads", 8},
+      {"num_experts_per_tok", 4},
+      {"num_hidden_layers", 4},
+      {"num_key_value_heads", 8},
+      {"num_nextn_predict_layers", 1},
+      {"q_lora_rank", 128},
+      {"qk_nope_head_dim", 32},
+      {"qk_rope_head_dim", 16},
+      {"rms_norm_eps", 1e-06},
+      {"rope_scaling",
+       {{"beta_fast", 32},
+        {"beta_slow", 1},
+        {"factor", 40},
+        {"mscale", 1.0},
+        {"mscale_all_dim", 1.0},
+        {"original_max_position_embeddings", 4096},
+        {"type", "yarn"}}},
+      {"rope_theta", 10000},
+      {"routed_scaling_factor", 2.5},
+      {"scoring_func", "sigmoid"},
+      {"tie_word_embeddings", false},
+      {"topk_group", 2},
+      {"topk_method", "noaux_tc"},
+      {"torch_dtype", "bfloat16"},
+      {"transformers_version", "4.46.3"},
+      {"use_cache", true},
+      {"v_head_dim", 32},
+      {"vocab_size", 129280},
+  };
+  if (fp8) {
+    c["quantization_config"] = {{"activation_scheme", "dynamic"},
+                                {"fmt", "e4m3"},
+                                {"quant_method", "fp8"},
+                                {"weight_block_size", {128, 128}}};
+  }
+  return c;
+}
+
+// DeepSeek-V2-Lite's config.json shape: no q_lora, softmax scores, greedy top-k, two shared
+// experts, YaRN with mscale 0.707, BF16 weights, no MTP.
+Json TinyV2Config(const std::string& topk_method, int n_group, int topk_group) {
+  return Json{
+      {"architectures", {"DeepseekV2ForCausalLM"}},
+      {"attention_bias", false},
+      {"attention_dropout", 0.0},
+      {"aux_loss_alpha", 0.001},
+      {"bos_token_id", 0},
+      {"eos_token_id", 1},
+      {"first_k_dense_replace", 1},
+      {"hidden_act", "silu"},
+      {"hidden_size", 256},
+      {"initializer_range", 0.02},
+      {"intermediate_size", 512},
+      {"kv_lora_rank", 128},
+      {"max_position_embeddings", 163840},
+      {"model_type", "deepseek_v2"},
+      {"moe_intermediate_size", 128},
+      {"moe_layer_freq", 1},
+      {"n_group", n_group},
+      {"n_routed_experts", 16},
+      {"n_shared_experts", 2},
+      {"norm_topk_prob", false},
+      {"num_attention_heads", 8},
+      {"num_experts_per_tok", 4},
+      {"num_hidden_layers", 4},
+      {"num_key_value_heads", 8},
+      {"q_lora_rank", nullptr},
+      {"qk_nope_head_dim", 32},
+      {"qk_rope_head_dim", 16},
+      {"rms_norm_eps", 1e-06},
+      {"rope_scaling",
+       {{"beta_fast", 32},
+        {"beta_slow", 1},
+        {"factor", 40},
+        {"mscale", 0.707},
+        {"mscale_all_dim", 0.707},
+        {"original_max_position_embeddings", 4096},
+        {"type", "yarn"}}},
+      {"rope_theta", 10000},
+      {"routed_scaling_factor", 1.0},
+      {"scoring_func", "softmax"},
+      {"seq_aux", true},
+      {"tie_word_embeddings", false},
+      {"topk_group", topk_group},
+      {"topk_method", topk_method},
+      {"torch_dtype", "bfloat16"},
+      {"transformers_version", "4.46.3"},
+      {"use_cache", true},
+      {"v_head_dim", 32},
+      {"vocab_size", 129280},
+  };
+}
+
+}  // namespace
+
+const std::vector<Preset>& AllPresets() {
+  static const std::vector<Preset> presets = {
+      {"tiny-v3",
+       "DeepSeek-V3 layout, hidden 256, 4 layers (1 dense), 16 experts + 1 shared, FP8 "
+       "128x128 block-scaled projections, one MTP layer",
+       TinyV3Config(true)},
+      {"tiny-v3-bf16", "tiny-v3 with every weight in BF16 (no quantization_config)",
+       TinyV3Config(false)},
+      {"tiny-v2",
+       "DeepSeek-V2-Lite layout, hidden 256, 4 layers, no q_lora, softmax greedy routing, "
+       "2 shared experts, BF16, no MTP",
+       TinyV2Config("greedy", 1, 1)},
+      {"tiny-v2-grouped",
+       "tiny-v2 with DeepSeek-V2's group_limited_greedy routing (4 groups, best 2)",
+       TinyV2Config("group_limited_greedy", 4, 2)},
+  };
+  return presets;
+}
+
+absl::StatusOr<Preset> FindPreset(const std::string& name) {
+  std::string known;
+  for (const Preset& p : AllPresets()) {
+    if (p.name == name) return p;
+    absl::StrAppend(&known, known.empty() ? "" : ", ", p.name);
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown preset '", name, "' (known: ", known, ")"));
+}
+
+}  // namespace dserve::models

