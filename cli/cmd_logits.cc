@@ -69,7 +69,7 @@ int RunLogits(const Args& args) {
   std::vector<FlagSpec> specs = ModelFlags();
   specs.push_back({"tokens", "comma-separated token ids, e.g. 0,15,27", "", false, true});
   specs.push_back({"out", "output .npy, float32 [T, vocab]", "", false, true});
-  specs.push_back({"mtp-out", "also write the MTP head's logits, float32 [T-1, vocab]"});
+  specs.push_back({"mtp-out", "also write the MTP head's logits, float32 [T-1, vocab]", ""});
   Flags flags;
   int code;
   if (!ParseOrExit("logits", "Write every position's logits of one forward pass as .npy.", specs,

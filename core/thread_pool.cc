@@ -11,6 +11,9 @@
 
 namespace dserve {
 namespace {
+constexpr uint64_t kClosed = uint64_t{1} << 63;
+constexpr uint64_t kInsideMask = 0xFFFFFFFFull;
+uint64_t LoopId(uint64_t generation) { return (generation & 0x7FFFFFFFull) << 32; }
 // Workers spin this many rounds before sleeping: decode steps issue loops every few
 // microseconds, and a futex wake-up costs more than that.
 constexpr int kSpinRounds = 1 << 14;
@@ -44,11 +47,13 @@ void ThreadPool::Run(Body body, void* ctx, int64_t n, int64_t grain) {
   const int64_t balanced = (n + 4 * size() - 1) / (4 * size());
   grain_ = std::max(grain, balanced);
   next_.store(0, std::memory_order_relaxed);
-  busy_.store(static_cast<int>(workers_.size()), std::memory_order_relaxed);
-  generation_.fetch_add(1, std::memory_order_release);
+  const uint64_t generation = generation_.load(std::memory_order_relaxed) + 1;
+  entry_.store(LoopId(generation), std::memory_order_relaxed);
+  generation_.store(generation, std::memory_order_release);
   generation_.notify_all();
   TakeChunks();
-  while (busy_.load(std::memory_order_acquire) != 0) DSERVE_PAUSE();
+  entry_.fetch_or(kClosed, std::memory_order_acq_rel);
+  while ((entry_.load(std::memory_order_acquire) & kInsideMask) != 0) DSERVE_PAUSE();
 }
 
 void ThreadPool::WorkerLoop() {
@@ -65,8 +70,18 @@ void ThreadPool::WorkerLoop() {
     }
     seen = current;
     if (stop_.load()) return;
+    // Enter the loop only while it is the current one and still open.
+    uint64_t e = entry_.load(std::memory_order_acquire);
+    bool entered = false;
+    while (!(e & kClosed) && (e & ~kInsideMask) == LoopId(current)) {
+      if (entry_.compare_exchange_weak(e, e + 1, std::memory_order_acq_rel)) {
+        entered = true;
+        break;
+      }
+    }
+    if (!entered) continue;
     TakeChunks();
-    busy_.fetch_sub(1, std::memory_order_acq_rel);
+    entry_.fetch_sub(1, std::memory_order_acq_rel);
   }
 }
 

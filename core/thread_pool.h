@@ -48,7 +48,10 @@ class ThreadPool {
   int64_t n_ = 0;
   int64_t grain_ = 1;
   std::atomic<int64_t> next_{0};
-  std::atomic<int> busy_{0};
+  // Admission to the current loop: bit 63 closed, bits 32..62 the loop's generation, low 32
+  // bits the workers inside. The caller closes the loop once every chunk is taken and waits
+  // only for workers that got in, so a worker the OS has descheduled never holds it up.
+  std::atomic<uint64_t> entry_{0};
   std::atomic<uint64_t> generation_{0};
   std::atomic<bool> stop_{false};
 };

@@ -1,6 +1,6 @@
 // LatentCache: the paged store of MLA's compressed KV. For every layer (the MTP layer
 // included) and every cached token it holds the normalised latent c_kv [kv_lora_rank] followed
-// by the RoPE'd shared key k_pe [qk_rope_head_dim] — 576 values per token per layer in
+// by the RoPE'd shared key k_pe [qk_rope_head_dim] (pairs rotated in place) — 576 values per token per layer in
 // DeepSeek-V3, instead of full per-head K and V. Pages hold `page_size` consecutive tokens of
 // one sequence; a sequence's block table maps its logical pages to physical ones.
 #pragma once

@@ -8,8 +8,6 @@
 namespace dserve::kernels::cpu {
 namespace {
 
-// Rows decoded to F32 at a time in the many-token GEMM path.
-constexpr int64_t kPanelRows = 16;
 // Up to this many tokens, matrix products read the weights directly (decode steps).
 constexpr int64_t kGemvMaxTokens = 4;
 
@@ -68,14 +66,12 @@ void CpuOps::LinearRaw(const float* x, int64_t T, const Weight& w, float* y) {
     });
     return;
   }
-  const int64_t panels = (N + kPanelRows - 1) / kPanelRows;
-  pool_.ParallelFor(panels, GrainFor(kPanelRows * K * T), [&](int64_t b, int64_t e) {
-    thread_local std::vector<float> scratch;
-    scratch.resize(kPanelRows * K);
+  const int64_t rows = prims_.panel_rows;
+  const int64_t panels = (N + rows - 1) / rows;
+  pool_.ParallelFor(panels, GrainFor(rows * K * T), [&](int64_t b, int64_t e) {
     for (int64_t p = b; p < e; ++p) {
-      const int64_t r0 = p * kPanelRows, r1 = std::min(N, r0 + kPanelRows);
-      prims_.decode_rows(w, r0, r1, scratch.data());
-      prims_.gemm_panel(x, K, T, scratch.data(), r1 - r0, K, y + r0, N);
+      const int64_t r0 = p * rows, r1 = std::min(N, r0 + rows);
+      prims_.gemm_rows(w, r0, r1, x, K, T, y + r0, N);
     }
   });
 }
@@ -117,11 +113,10 @@ void CpuOps::ConcatColumns(const Tensor& a, const Tensor& b, Tensor& out) {
 
 void ApplyRope(const float* in, float* out, const float* cos, const float* sin,
                int64_t rope_dim) {
-  const int64_t half = rope_dim / 2;
-  for (int64_t i = 0; i < half; ++i) {
+  for (int64_t i = 0; i < rope_dim / 2; ++i) {
     const float a = in[2 * i], b = in[2 * i + 1];
-    out[i] = a * cos[i] - b * sin[i];
-    out[half + i] = b * cos[i] + a * sin[i];
+    out[2 * i] = a * cos[i] - b * sin[i];
+    out[2 * i + 1] = b * cos[i] + a * sin[i];
   }
 }
 

@@ -57,9 +57,9 @@ inline int64_t GrainFor(int64_t work_per_item) {
   return std::max<int64_t>(1, kMinChunkWork / std::max<int64_t>(1, work_per_item));
 }
 
-// RoPE on one head's rope part: `in` has DeepSeek's interleaved pairs (x0, x1), (x2, x3), ...;
-// `out` gets the rotated pairs de-interleaved (all first elements, then all second elements),
-// the layout Hugging Face's DeepSeek attention produces and caches. `in` != `out`.
+// RoPE on one head's rope part: pairs (x0, x1), (x2, x3), ... are rotated in place by their
+// frequency's angle — DeepSeek's own (interleaved, non-NeoX) layout, which the cache keeps.
+// `in` may be `out`.
 void ApplyRope(const float* in, float* out, const float* cos, const float* sin, int64_t rope_dim);
 
 // Picks naive or absorbed MLA for one sequence by counting multiply-adds of each form.

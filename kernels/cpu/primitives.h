@@ -11,15 +11,18 @@ namespace dserve::kernels::cpu {
 
 struct Primitives {
   Isa isa;
+  // Rows per call of gemm_rows (the packed panel height).
+  int64_t panel_rows;
   // y[t * ldy + (r - row_begin)] = dot(x[t * ldx .. + cols], W[r]) for t < T, r in the range;
   // reads W in its stored dtype (for small T: decode-time matrix-vector products).
   void (*gemv_rows)(const Weight& w, int64_t row_begin, int64_t row_end, const float* x,
                     int64_t ldx, int64_t T, float* y, int64_t ldy);
+  // The same for many tokens and at most panel_rows rows: decodes the rows once, then runs
+  // register-tiled products over all T tokens (prefill-time matrix products).
+  void (*gemm_rows)(const Weight& w, int64_t row_begin, int64_t row_end, const float* x,
+                    int64_t ldx, int64_t T, float* y, int64_t ldy);
   // dst[(r - row_begin) * w.cols + c] = W[r][c] as F32, scales applied.
   void (*decode_rows)(const Weight& w, int64_t row_begin, int64_t row_end, float* dst);
-  // y[t * ldy + r] = dot(x[t * ldx ..], panel[r * K ..]) for t < T, r < rows (F32 tiles).
-  void (*gemm_panel)(const float* x, int64_t ldx, int64_t T, const float* panel, int64_t rows,
-                     int64_t K, float* y, int64_t ldy);
   float (*dot)(const float* a, const float* b, int64_t n);
   // y += a * x
   void (*axpy)(float a, const float* x, float* y, int64_t n);

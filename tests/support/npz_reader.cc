@@ -243,8 +243,8 @@ std::vector<uint8_t> Inflate(const uint8_t* in, uint64_t in_size, uint64_t out_s
   const uint64_t produced = s.total_out;
   inflateEnd(&s);
   if (produced != out_size) {
-    Fail(what, "inflated " + std::to_string(produced) + " bytes, expected " +
-                   std::to_string(out_size));
+    Fail(what,
+         "inflated " + std::to_string(produced) + " bytes, expected " + std::to_string(out_size));
   }
   return out;
 }

@@ -16,18 +16,22 @@ namespace dserve::testing {
 
 struct RefOutputs {
   int64_t T = 0, vocab = 0, hidden = 0;
-  std::vector<int> logit_rows;           // rows whose logits were computed
-  std::vector<double> logits;            // [logit_rows.size(), vocab]
-  std::vector<double> hidden_postnorm;   // [T, hidden] after model.norm
-  std::vector<double> mtp_logits;        // [T-1, vocab] when requested (row i: h[i] + token[i+1])
+  std::vector<int> logit_rows;          // rows whose logits were computed
+  std::vector<double> logits;           // [logit_rows.size(), vocab]
+  std::vector<double> hidden_postnorm;  // [T, hidden] after model.norm
+  std::vector<double> mtp_logits;       // [T-1, vocab] when requested (row i: h[i] + token[i+1])
   // per main layer l (size num_hidden_layers), each [T * dim]:
   std::vector<std::vector<double>> layer_out, attn_out, ffn_out;  // dim hidden
   std::vector<std::vector<double>> kv_latent;  // dim kv_lora_rank (normalised c_kv)
-  // dim qk_rope_head_dim, after RoPE, HF layout: [x0', x2', x4', ..., x1', x3', ...] where the
-  // checkpoint's interleaved pairs (x[2i], x[2i+1]) are rotated by angle p * inv_freq[i].
+  // dim qk_rope_head_dim, after RoPE, interleaved layout (as reference.npz's k_pe_rotated and
+  // the original DeepSeek code): each pair (x[2i], x[2i+1]) of kv_a_proj's rope part is rotated
+  // in place by angle p * inv_freq[i]. (HF's layout lists the 2i outputs, then the 2i+1 ones.)
   std::vector<std::vector<double>> k_pe;
-  std::vector<std::vector<int>> topk_idx;  // [T * top_k] per layer, empty for dense layers
-  std::vector<std::vector<double>> topk_w;  // [T * top_k] final routing weights (scaled)
+  // [T * top_k] per layer, empty for dense layers; each token's experts in descending order of
+  // the selection score (score + e_score_correction_bias), lowest expert id first on ties.
+  // (reference.npz lists them in ascending expert id instead: compare as sets / after sorting.)
+  std::vector<std::vector<int>> topk_idx;
+  std::vector<std::vector<double>> topk_w;  // [T * top_k] final routing weights, same order
 };
 
 class ReferenceModel {
