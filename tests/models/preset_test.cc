@@ -1,0 +1,242 @@
+// `make-model` presets: the layout of what the generator writes (names, dtypes, shapes,
+// config, tokenizer), its determinism, and the engine's forward pass on each preset against
+// the float64 reference implementation of tests/support (not the production kernels).
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <numeric>
+#include <set>
+#include <sstream>
+
+#include "gtest/gtest.h"
+#include "kernels/cpu/cpu_ops.h"
+#include "models/checkpoint.h"
+#include "models/deepseek_model.h"
+#include "models/greedy_decode.h"
+#include "models/model_generator.h"
+#include "models/presets.h"
+#include "tests/support/reference_model.h"
+#include "tests/support/test_env.h"
+
+namespace dserve::models {
+namespace {
+
+namespace fs = std::filesystem;
+constexpr uint64_t kSeed = 7;
+constexpr double kLogitTolerance = 1e-3;  // max |ours - ref| / max |ref|, as for testdata
+
+// Checkpoints generated once per test binary, shared by every test.
+const std::string& PresetDir(const std::string& preset) {
+  static std::map<std::string, std::string> dirs;
+  auto it = dirs.find(preset);
+  if (it != dirs.end()) return it->second;
+  GenerateOptions o;
+  o.preset = preset;
+  o.seed = kSeed;
+  o.out_dir = testing::ScratchDir(preset) + "/model";
+  o.show_progress = false;
+  const absl::Status s = GenerateModel(o);
+  EXPECT_TRUE(s.ok()) << s << " (scripts/setup.sh fetches the tokenizer the generator copies)";
+  return dirs[preset] = o.out_dir;
+}
+
+std::string ReadFile(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+// A prompt with ids from all over the vocabulary, the high end included.
+std::vector<int32_t> Prompt(int64_t vocab) {
+  std::vector<int32_t> t = {0};
+  uint32_t x = 2024;
+  for (int i = 0; i < 15; ++i) {
+    x = x * 1103515245u + 12345u;
+    t.push_back(static_cast<int32_t>((x >> 4) % vocab));
+  }
+  t.push_back(static_cast<int32_t>(vocab - 1));
+  return t;
+}
+
+double RelError(const float* got, const double* ref, int64_t n) {
+  double err = 0, scale = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    err = std::max(err, std::fabs(got[i] - ref[i]));
+    scale = std::max(scale, std::fabs(ref[i]));
+  }
+  return err / scale;
+}
+
+class PresetTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(PresetTest, LayoutMatchesPublishedCheckpoints) {
+  const std::string& dir = PresetDir(GetParam());
+  auto config = LoadModelConfig(dir);
+  ASSERT_TRUE(config.ok()) << config.status();
+  const ModelConfig& c = *config;
+  auto ckpt = Checkpoint::Open(dir, false);
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+  EXPECT_TRUE(fs::exists(dir + "/model.safetensors.index.json"));
+  EXPECT_GT((*ckpt)->files().size(), 1u) << "tiny presets are written in several shards";
+  EXPECT_EQ(ReadFile(fs::path(dir) / "tokenizer.json"),
+            ReadFile(fs::path(DefaultTokenizerDir()) / "tokenizer.json"));
+  EXPECT_TRUE(fs::exists(dir + "/tokenizer_config.json"));
+  EXPECT_EQ(c.vocab_size, 129280);
+
+  const bool fp8 = GetParam() == "tiny-v3";
+  EXPECT_EQ(c.fp8, fp8);
+  const std::string mtp = "model.layers." + std::to_string(c.num_hidden_layers) + ".";
+  // The dtype DeepSeek-V3's release gives each tensor.
+  auto expected_dtype = [&](const std::string& name) -> DType {
+    if (name.ends_with("_scale_inv") || name.ends_with("e_score_correction_bias")) {
+      return DType::kF32;
+    }
+    const bool block_projection = name.find(".self_attn.") != std::string::npos &&
+                                  name.find("layernorm") == std::string::npos;
+    const bool mlp_projection = name.find(".mlp.") != std::string::npos &&
+                                name.ends_with("proj.weight");
+    if (fp8 && (block_projection || mlp_projection)) return DType::kF8E4M3;
+    return DType::kBF16;  // embeddings, norms, router, heads, eh_proj; everything in BF16 presets
+  };
+  int fp8_count = 0;
+  for (const auto& [name, e] : (*ckpt)->tensors()) {
+    EXPECT_EQ(e->dtype, expected_dtype(name)) << name;
+    if (e->dtype == DType::kF8E4M3) {
+      ++fp8_count;
+      const TensorEntry* s = (*ckpt)->Find(name + "_scale_inv");
+      ASSERT_NE(s, nullptr) << name;
+      EXPECT_EQ(s->shape, (std::vector<int64_t>{(e->shape[0] + 127) / 128,
+                                                (e->shape[1] + 127) / 128}))
+          << name;
+    }
+  }
+  if (fp8) EXPECT_GT(fp8_count, 0);
+  // The real names of the V3 layout, MTP layer included.
+  for (const std::string& name :
+       {std::string("model.layers.0.self_attn.kv_a_proj_with_mqa.weight"),
+        std::string("model.layers.1.mlp.experts.15.gate_proj.weight"),
+        std::string("lm_head.weight"), std::string("model.norm.weight")}) {
+    EXPECT_NE((*ckpt)->Find(name), nullptr) << name;
+  }
+  if (c.is_v3()) {
+    for (const char* suffix : {"enorm.weight", "hnorm.weight", "eh_proj.weight",
+                               "embed_tokens.weight", "shared_head.norm.weight",
+                               "shared_head.head.weight", "mlp.gate.e_score_correction_bias"}) {
+      EXPECT_NE((*ckpt)->Find(mtp + suffix), nullptr) << mtp + suffix;
+    }
+    EXPECT_NE((*ckpt)->Find("model.layers.1.self_attn.q_a_proj.weight"), nullptr);
+  } else {
+    EXPECT_EQ(c.q_lora_rank, 0);
+    EXPECT_NE((*ckpt)->Find("model.layers.1.self_attn.q_proj.weight"), nullptr);
+    EXPECT_EQ((*ckpt)->Find(mtp + "eh_proj.weight"), nullptr);
+  }
+}
+
+TEST_P(PresetTest, SameSeedSameBytesOtherSeedOtherBytes) {
+  const std::string& dir = PresetDir(GetParam());
+  const std::string again = testing::ScratchDir("again");
+  for (uint64_t seed : {kSeed, kSeed + 1}) {
+    GenerateOptions o;
+    o.preset = GetParam();
+    o.seed = seed;
+    o.out_dir = again + "/" + std::to_string(seed);
+    o.show_progress = false;
+    ASSERT_TRUE(GenerateModel(o).ok());
+    // Every file of the checkpoint, byte for byte.
+    bool same = true;
+    for (const auto& entry : fs::directory_iterator(dir)) {
+      const fs::path other = fs::path(o.out_dir) / entry.path().filename();
+      ASSERT_TRUE(fs::exists(other)) << other;
+      same = same && ReadFile(entry.path()) == ReadFile(other);
+    }
+    EXPECT_EQ(same, seed == kSeed) << "seed " << seed;
+  }
+}
+
+TEST_P(PresetTest, ForwardAndGreedyMatchFloat64Reference) {
+  const std::string& dir = PresetDir(GetParam());
+  kernels::cpu::CpuOps ops(2);
+  auto loaded = DeepseekModel::Load(dir, ops, false);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  DeepseekModel& model = **loaded;
+  testing::ReferenceModel ref(dir);
+  const int64_t V = model.config().vocab_size;
+  const std::vector<int32_t> prompt = Prompt(V);
+  const int64_t T = static_cast<int64_t>(prompt.size());
+  const std::vector<int> prompt_int(prompt.begin(), prompt.end());
+  ASSERT_EQ(model.has_mtp(), ref.has_mtp());
+
+  // Every position's logits (and MTP logits) of one forward pass.
+  const testing::RefOutputs r = ref.Forward(prompt_int, {}, model.has_mtp());
+  kernels::LatentCache cache(model.CacheShape(1, 64));
+  std::vector<int32_t> table = {0}, positions(T), rows(T);
+  std::iota(positions.begin(), positions.end(), 0);
+  std::iota(rows.begin(), rows.end(), 0);
+  ForwardInput in;
+  in.tokens = prompt;
+  in.batch.positions = positions;
+  in.batch.sequences = {{0, T, 0, table}};
+  in.logit_rows = rows;
+  ForwardOutput out;
+  ASSERT_TRUE(model.Forward(in, cache, &out).ok());
+  const double err = RelError(out.logits.data(), r.logits.data(), T * V);
+  EXPECT_LE(err, kLogitTolerance);
+  for (int64_t t = 0; t < T; ++t) {
+    const float* row = out.logits.data() + t * V;
+    const double* ref_row = r.logits.data() + t * V;
+    EXPECT_EQ(std::max_element(row, row + V) - row, std::max_element(ref_row, ref_row + V) - ref_row)
+        << "row " << t;
+  }
+  if (model.has_mtp()) {
+    const Tensor h = out.hidden.Rows(0, T - 1);
+    MtpInput m;
+    m.next_tokens = std::span<const int32_t>(prompt).subspan(1);
+    m.hidden = &h;
+    m.batch.positions = std::span<const int32_t>(positions).first(T - 1);
+    m.batch.sequences = {{0, T - 1, 0, table}};
+    m.logit_rows = std::span<const int32_t>(rows).first(T - 1);
+    std::vector<float> mtp;
+    ASSERT_TRUE(model.ForwardMtp(m, cache, &mtp).ok());
+    EXPECT_LE(RelError(mtp.data(), r.mtp_logits.data(), (T - 1) * V), kLogitTolerance);
+  }
+
+  // Greedy continuation (and MTP drafts) token for token, and not one repeated token.
+  constexpr int kNew = 8;
+  std::vector<int> ref_drafts;
+  const std::vector<int> ref_tokens = ref.Greedy(prompt_int, kNew, &ref_drafts);
+  GreedyOptions o;
+  o.max_new_tokens = kNew;
+  o.stop_at_eos = false;
+  o.mtp_drafts = model.has_mtp();
+  auto g = GreedyDecode(model, prompt, o);
+  ASSERT_TRUE(g.ok()) << g.status();
+  EXPECT_EQ(std::vector<int>(g->tokens.begin(), g->tokens.end()), ref_tokens);
+  EXPECT_GT(std::set<int32_t>(g->tokens.begin(), g->tokens.end()).size(), 1u);
+  if (model.has_mtp()) {
+    EXPECT_EQ(std::vector<int>(g->drafts.begin(), g->drafts.end()), ref_drafts);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Presets, PresetTest,
+                         ::testing::Values("tiny-v3", "tiny-v3-bf16", "tiny-v2",
+                                           "tiny-v2-grouped"),
+                         [](const ::testing::TestParamInfo<std::string>& info) {
+                           std::string n = info.param;
+                           std::replace(n.begin(), n.end(), '-', '_');
+                           return n;
+                         });
+
+TEST(PresetCatalog, UnknownPresetNamesTheKnownOnes) {
+  auto p = FindPreset("tiny-v9");
+  ASSERT_FALSE(p.ok());
+  EXPECT_NE(p.status().message().find("tiny-v3"), std::string::npos);
+  for (const Preset& preset : AllPresets()) {
+    EXPECT_TRUE(ParseModelConfig(preset.config.dump(), preset.name).ok()) << preset.name;
+  }
+}
+
+}  // namespace
+}  // namespace dserve::models
