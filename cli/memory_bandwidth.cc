@@ -20,6 +20,7 @@ double MeasureReadBandwidth(size_t bytes, int threads, int runs) {
   const float* data = static_cast<const float*>(buffer->data());
   const int64_t floats = static_cast<int64_t>(bytes / sizeof(float));
   constexpr int64_t kChunk = 1 << 16;  // floats per task
+  constexpr int64_t kStep = 256;       // floats per dot call (1 KB)
   std::vector<double> gbps;
   volatile float sink = 0;
   for (int r = 0; r < runs; ++r) {
@@ -28,8 +29,16 @@ double MeasureReadBandwidth(size_t bytes, int threads, int runs) {
     pool.ParallelFor(static_cast<int64_t>(partial.size()), 1, [&](int64_t b, int64_t e) {
       for (int64_t c = b; c < e; ++c) {
         const int64_t n = std::min(kChunk, floats - c * kChunk);
-        // dot(x, x) streams x once: both operands share cache lines.
-        partial[c] = prims.dot(data + c * kChunk, data + c * kChunk, n);
+        const float* x = data + c * kChunk;
+        float sum = 0.0f;
+        // 1 KB steps, prefetching 2 KB ahead as the weight kernels do; dot(x, x) streams x
+        // once (both operands share cache lines).
+        for (int64_t off = 0; off < n; off += kStep) {
+          const char* ahead = reinterpret_cast<const char*>(x + off) + 2048;
+          for (int line = 0; line < 16; ++line) __builtin_prefetch(ahead + 64 * line);
+          sum += prims.dot(x + off, x + off, std::min(kStep, n - off));
+        }
+        partial[c] = sum;
       }
     });
     const double s =

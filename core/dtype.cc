@@ -9,25 +9,24 @@ namespace {
 struct DTypeInfo {
   DType dtype;
   std::string_view name;
-  int size;
 };
 
 constexpr std::array<DTypeInfo, 15> kDTypes = {{
-    {DType::kBool, "BOOL", 1},
-    {DType::kU8, "U8", 1},
-    {DType::kI8, "I8", 1},
-    {DType::kI16, "I16", 2},
-    {DType::kU16, "U16", 2},
-    {DType::kF16, "F16", 2},
-    {DType::kBF16, "BF16", 2},
-    {DType::kI32, "I32", 4},
-    {DType::kU32, "U32", 4},
-    {DType::kF32, "F32", 4},
-    {DType::kF64, "F64", 8},
-    {DType::kI64, "I64", 8},
-    {DType::kU64, "U64", 8},
-    {DType::kF8E4M3, "F8_E4M3", 1},
-    {DType::kF8E5M2, "F8_E5M2", 1},
+    {DType::kBool, "BOOL"},
+    {DType::kU8, "U8"},
+    {DType::kI8, "I8"},
+    {DType::kI16, "I16"},
+    {DType::kU16, "U16"},
+    {DType::kF16, "F16"},
+    {DType::kBF16, "BF16"},
+    {DType::kI32, "I32"},
+    {DType::kU32, "U32"},
+    {DType::kF32, "F32"},
+    {DType::kF64, "F64"},
+    {DType::kI64, "I64"},
+    {DType::kU64, "U64"},
+    {DType::kF8E4M3, "F8_E4M3"},
+    {DType::kF8E5M2, "F8_E5M2"},
 }};
 
 const DTypeInfo& Info(DType dtype) { return kDTypes[static_cast<int>(dtype)]; }
@@ -55,7 +54,6 @@ const std::array<float, 256>& E4M3Table() {
 
 }  // namespace
 
-int DTypeSize(DType dtype) { return Info(dtype).size; }
 std::string_view DTypeName(DType dtype) { return Info(dtype).name; }
 
 std::optional<DType> ParseDType(std::string_view name) {

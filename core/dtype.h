@@ -27,8 +27,11 @@ enum class DType : uint8_t {
   kF8E5M2,
 };
 
-// Bytes per element.
-int DTypeSize(DType dtype);
+// Bytes per element (inline: kernels call it per row).
+inline int DTypeSize(DType dtype) {
+  constexpr int kSizes[] = {1, 1, 1, 2, 2, 2, 2, 4, 4, 4, 8, 8, 8, 1, 1};
+  return kSizes[static_cast<int>(dtype)];
+}
 // The safetensors spelling ("F8_E4M3", "BF16", ...).
 std::string_view DTypeName(DType dtype);
 // Parses a safetensors dtype string; nullopt when it is not one.

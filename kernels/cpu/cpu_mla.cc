@@ -66,6 +66,16 @@ std::vector<float> RotatedQueries(const MlaParams& p, const SequenceSlice& seq, 
   return rq;
 }
 
+// A row-major F32 scratch matrix seen as a Weight, so the GEMM primitives can multiply by it.
+Weight F32Matrix(const float* data, int64_t rows, int64_t cols) {
+  Weight w;
+  w.dtype = DType::kF32;
+  w.rows = rows;
+  w.cols = cols;
+  w.data = data;
+  return w;
+}
+
 }  // namespace
 
 MlaMode ChooseMlaMode(const MlaParams& p, const SequenceSlice& seq) {
@@ -125,12 +135,22 @@ void CpuOps::MlaAttention(const MlaParams& p, const Tensor& q, Tensor& out) {
 void CpuOps::MlaNaive(const MlaParams& p, const SequenceSlice& seq, const float* q, float* out) {
   const LatentCacheShape& s = p.cache->shape();
   const int64_t H = p.num_heads, n = seq.num_tokens;
-  const int64_t qk = p.nope_dim + p.rope_dim, kvw = p.nope_dim + p.v_dim;
+  const int64_t qk = p.nope_dim + p.rope_dim, kvw = p.nope_dim + p.v_dim, V = p.v_dim;
   const int64_t ctx = seq.cached_tokens + n;
-  const std::vector<float> rq = RotatedQueries(p, seq, q);
+  const std::vector<float> rq = RotatedQueries(p, seq, q);  // [n, H, qk]
 
-  std::vector<OnlineSoftmax> state(n * H);
-  std::vector<float> acc(n * H * p.v_dim, 0.0f);
+  // Per head: its queries [n, qk] pre-scaled by the softmax scale, and the running softmax
+  // (row max, row sum, unnormalised output [n, v]) carried across key blocks.
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  std::vector<float> queries(H * n * qk), row_max(H * n, kNegInf), row_sum(H * n, 0.0f);
+  std::vector<float> acc(H * n * V, 0.0f);
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t h = 0; h < H; ++h) {
+      for (int64_t d = 0; d < qk; ++d) {
+        queries[(h * n + i) * qk + d] = rq[(i * H + h) * qk + d] * p.softmax_scale;
+      }
+    }
+  }
   std::vector<float> latents(kNaiveBlock * s.kv_lora_rank);
   std::vector<float> kv(kNaiveBlock * H * kvw);
 
@@ -142,35 +162,62 @@ void CpuOps::MlaNaive(const MlaParams& p, const SequenceSlice& seq, const float*
     }
     // Per-head K_nope and V of this block: [bs, heads * (nope + v)].
     LinearRaw(latents.data(), bs, *p.kv_b, kv.data());
-    pool_.ParallelFor(n * H, GrainFor(bs * (qk + p.v_dim)), [&](int64_t b, int64_t e) {
-      for (int64_t ih = b; ih < e; ++ih) {
-        const int64_t i = ih / H, h = ih % H;
-        const int64_t last = seq.cached_tokens + i;  // causal: attends to tokens <= itself
-        const float* qv = rq.data() + ih * qk;
-        float* a = acc.data() + ih * p.v_dim;
-        for (int64_t j = 0; j < bs && j0 + j <= last; ++j) {
-          const float* k_nope = kv.data() + (j * H + h) * kvw;
-          const float* k_pe = p.cache->SequenceToken(p.layer, seq.block_table, j0 + j) +
-                              s.kv_lora_rank;
-          const float score = (prims_.dot(qv, k_nope, p.nope_dim) +
-                               prims_.dot(qv + p.nope_dim, k_pe, p.rope_dim)) *
-                              p.softmax_scale;
-          float scale, weight;
-          state[ih].Add(score, &scale, &weight);
-          if (scale != 1.0f) {
-            for (int64_t d = 0; d < p.v_dim; ++d) a[d] *= scale;
-          }
-          prims_.axpy(weight, k_nope + p.nope_dim, a, p.v_dim);
+    // Queries that see at least one key of the block (causal: query i sees keys <= cached + i).
+    const int64_t first = std::max<int64_t>(0, j0 - seq.cached_tokens);
+    const int64_t rows = n - first;
+    if (rows <= 0) continue;
+    pool_.ParallelFor(H, 1, [&](int64_t hb, int64_t he) {
+      // keys [bs, qk] and values transposed [v, bs] of one head, as F32 matrices the GEMM
+      // primitive takes; scores/probabilities [rows, bs]; the P*V product [rows, v].
+      std::vector<float> keys(bs * qk), values_t(V * bs), scores(rows * bs), pv(rows * V);
+      for (int64_t h = hb; h < he; ++h) {
+        for (int64_t j = 0; j < bs; ++j) {
+          const float* kvj = kv.data() + (j * H + h) * kvw;
+          const float* pe = p.cache->SequenceToken(p.layer, seq.block_table, j0 + j) +
+                            s.kv_lora_rank;
+          std::copy(kvj, kvj + p.nope_dim, keys.data() + j * qk);
+          std::copy(pe, pe + p.rope_dim, keys.data() + j * qk + p.nope_dim);
+          for (int64_t d = 0; d < V; ++d) values_t[d * bs + j] = kvj[p.nope_dim + d];
+        }
+        const float* qh = queries.data() + (h * n + first) * qk;
+        const Weight key_matrix = F32Matrix(keys.data(), bs, qk);
+        for (int64_t r0 = 0; r0 < bs; r0 += prims_.panel_rows) {
+          prims_.gemm_rows(key_matrix, r0, std::min(bs, r0 + prims_.panel_rows), qh, qk, rows,
+                           scores.data() + r0, bs);
+        }
+        for (int64_t i = 0; i < rows; ++i) {
+          float* srow = scores.data() + i * bs;
+          const int64_t visible = std::min(bs, seq.cached_tokens + first + i - j0 + 1);
+          std::fill(srow + visible, srow + bs, kNegInf);
+          float* m = &row_max[h * n + first + i];
+          const float block_max = *std::max_element(srow, srow + visible);
+          const float new_max = std::max(*m, block_max);
+          const float rescale = std::exp(*m - new_max);  // 0 on the first block
+          row_sum[h * n + first + i] =
+              row_sum[h * n + first + i] * rescale + prims_.exp_shifted(srow, bs, new_max);
+          *m = new_max;
+          float* a = acc.data() + (h * n + first + i) * V;
+          for (int64_t d = 0; d < V; ++d) a[d] *= rescale;
+        }
+        const Weight value_matrix = F32Matrix(values_t.data(), V, bs);
+        for (int64_t d0 = 0; d0 < V; d0 += prims_.panel_rows) {
+          prims_.gemm_rows(value_matrix, d0, std::min(V, d0 + prims_.panel_rows), scores.data(),
+                           bs, rows, pv.data() + d0, V);
+        }
+        for (int64_t i = 0; i < rows; ++i) {
+          float* a = acc.data() + (h * n + first + i) * V;
+          const float* add = pv.data() + i * V;
+          for (int64_t d = 0; d < V; ++d) a[d] += add[d];
         }
       }
     });
   }
   for (int64_t i = 0; i < n; ++i) {
     for (int64_t h = 0; h < H; ++h) {
-      const float inv = 1.0f / state[i * H + h].sum;
-      const float* a = acc.data() + (i * H + h) * p.v_dim;
-      float* o = out + ((seq.row_begin + i) * H + h) * p.v_dim;
-      for (int64_t d = 0; d < p.v_dim; ++d) o[d] = a[d] * inv;
+      const float inv = 1.0f / row_sum[h * n + i];
+      const float* a = acc.data() + (h * n + i) * V;
+      float* o = out + ((seq.row_begin + i) * H + h) * V;
+      for (int64_t d = 0; d < V; ++d) o[d] = a[d] * inv;
     }
   }
 }

@@ -26,6 +26,8 @@ struct Primitives {
   float (*dot)(const float* a, const float* b, int64_t n);
   // y += a * x
   void (*axpy)(float a, const float* x, float* y, int64_t n);
+  // x[i] = exp(x[i] - shift) (0 where x[i] is -inf); returns the sum. Softmax's inner loop.
+  float (*exp_shifted)(float* x, int64_t n, float shift);
 };
 
 const Primitives& GetPrimitives(Isa isa);
