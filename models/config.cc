@@ -3,6 +3,7 @@
 #include "core/check.h"
 
 #include <cmath>
+#include <limits>
 #include <fstream>
 #include <sstream>
 #include <vector>
@@ -42,7 +43,12 @@ class FieldReader {
       *out = v.get<bool>();
     } else if constexpr (std::is_integral_v<T>) {
       if (!v.is_number_integer()) return Wrong(key, "an integer", v);
-      *out = static_cast<T>(v.get<int64_t>());
+      const int64_t x = v.get<int64_t>();
+      if (x < std::numeric_limits<T>::min() || x > std::numeric_limits<T>::max() ||
+          (v.is_number_unsigned() && v.get<uint64_t>() > uint64_t{INT64_MAX})) {
+        return Wrong(key, "an integer in range", v);
+      }
+      *out = static_cast<T>(x);
     } else if constexpr (std::is_floating_point_v<T>) {
       if (!v.is_number()) return Wrong(key, "a number", v);
       *out = v.get<double>();
@@ -218,10 +224,12 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text,
   ModelConfig c;
   FieldReader r(root);
   r.Required("model_type", &c.model_type);
-  if (r.Has("model_type") && c.model_type != "deepseek_v3" && c.model_type != "deepseek_v2") {
-    return absl::InvalidArgumentError(
-        absl::StrCat(source_name, ": model_type '", c.model_type,
-                     "' is not supported (expected deepseek_v3 or deepseek_v2)"));
+  // An unsupported model_type is one more problem: the rest is still checked (with V2's
+  // defaults) so that one message lists everything.
+  if (r.Has("model_type") && root["model_type"].is_string() && c.model_type != "deepseek_v3" &&
+      c.model_type != "deepseek_v2") {
+    r.Problem(absl::StrCat("model_type '", c.model_type,
+                           "' is not supported (expected deepseek_v3 or deepseek_v2)"));
   }
   const bool v3 = c.model_type == "deepseek_v3";
   r.Required("vocab_size", &c.vocab_size);

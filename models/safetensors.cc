@@ -102,10 +102,13 @@ absl::Status SafetensorsFile::ParseHeader() {
                               ") point outside the file's data section of ", data_size,
                               " bytes: the file is truncated or corrupt"));
     }
-    const uint64_t expected = static_cast<uint64_t>(numel) * DTypeSize(e.dtype);
-    if (end - begin != expected) {
+    // Compared by division first: numel * size can overflow 64 bits for absurd shapes.
+    const uint64_t size = DTypeSize(e.dtype);
+    const uint64_t expected =
+        static_cast<uint64_t>(numel) <= data_size / size ? static_cast<uint64_t>(numel) * size : 0;
+    if (static_cast<uint64_t>(numel) > data_size / size || end - begin != expected) {
       return bad(absl::StrCat(end - begin, " bytes do not hold shape ", e.ShapeString(), " of ",
-                              dtype_name, " (", expected, " bytes)"));
+                              dtype_name, " (", numel, " elements of ", size, " bytes)"));
     }
     e.data = data_begin + begin;
     e.bytes = end - begin;

@@ -87,6 +87,13 @@ void CpuOps::MoeRoute(const Tensor& x, const Weight& router, const Tensor& bias,
   DSERVE_CHECK(ids.dtype() == DType::kI32 && ids.numel() == T * K) << "ids " << ids.ShapeString();
   DSERVE_CHECK(weights.numel() == T * K) << "weights " << weights.ShapeString();
   DSERVE_CHECK(bias.empty() || bias.numel() == E) << "bias " << bias.ShapeString();
+  DSERVE_CHECK(K >= 1 && K <= E && config.n_group >= 1 && E % config.n_group == 0 &&
+               config.topk_group >= 1 && config.topk_group <= config.n_group)
+      << "router config: " << E << " experts, top " << K << ", " << config.n_group
+      << " groups, top " << config.topk_group;
+  DSERVE_CHECK(config.method != TopkMethod::kNoauxTc || config.n_group == 1 ||
+               E / config.n_group >= 2)
+      << "noaux_tc ranks groups by their two best experts";
   std::vector<float> logits(T * E);
   LinearRaw(x.data<float>(), T, router, logits.data());
   const float* b = bias.empty() ? nullptr : bias.data<float>();
