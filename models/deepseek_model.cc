@@ -110,8 +110,14 @@ Tensor DeepseekModel::Mlp(const MlpWeights& w, const Tensor& h) {
   return out;
 }
 
-Tensor DeepseekModel::Attention(const AttentionWeights& w, int cache_layer,
-                                const AttentionBatch& batch, MlaMode mode, LatentCache& cache,
+DeepseekModel::Step DeepseekModel::MakeStep(const AttentionBatch& batch, MlaMode mode,
+                                            LatentCache& cache, const TraceFn& trace) {
+  int32_t max_pos = 0;
+  for (int32_t p : batch.positions) max_pos = std::max(max_pos, p);
+  return Step{batch, mode, rope_.Table(max_pos + 1), cache, trace};
+}
+
+Tensor DeepseekModel::Attention(const AttentionWeights& w, int cache_layer, const Step& step,
                                 const Tensor& h) {
   const ModelConfig& c = config_;
   const int64_t T = h.dim(0);
@@ -128,24 +134,21 @@ Tensor DeepseekModel::Attention(const AttentionWeights& w, int cache_layer,
   Tensor kv_a = ops_.Empty(DType::kF32, {T, c.kv_lora_rank + c.qk_rope_head_dim});
   ops_.Linear(h, w.kv_a, kv_a);
 
-  int32_t max_pos = 0;
-  for (int32_t p : batch.positions) max_pos = std::max(max_pos, p);
-  const kernels::RopeTable& rope = rope_.Table(max_pos + 1);
-  ops_.MlaWriteCache(kv_a, w.kv_a_norm, static_cast<float>(c.rms_norm_eps), rope, batch, cache,
-                     cache_layer);
+  ops_.MlaWriteCache(kv_a, w.kv_a_norm, static_cast<float>(c.rms_norm_eps), step.rope,
+                     step.batch, step.cache, cache_layer);
 
   kernels::MlaParams p;
-  p.batch = &batch;
-  p.cache = &cache;
+  p.batch = &step.batch;
+  p.cache = &step.cache;
   p.layer = cache_layer;
   p.kv_b = &w.kv_b;
   p.num_heads = static_cast<int>(H);
   p.nope_dim = c.qk_nope_head_dim;
   p.rope_dim = c.qk_rope_head_dim;
   p.v_dim = c.v_head_dim;
-  p.rope = &rope;
+  p.rope = &step.rope;
   p.softmax_scale = static_cast<float>(c.SoftmaxScale());
-  p.mode = mode;
+  p.mode = step.mode;
   Tensor heads = ops_.Empty(DType::kF32, {T, H * c.v_head_dim});
   ops_.MlaAttention(p, q, heads);
   Tensor out = ops_.Empty(DType::kF32, {T, c.hidden_size});
@@ -153,15 +156,14 @@ Tensor DeepseekModel::Attention(const AttentionWeights& w, int cache_layer,
   return out;
 }
 
-void DeepseekModel::Block(const BlockWeights& w, int layer, int cache_layer,
-                          const AttentionBatch& batch, MlaMode mode, LatentCache& cache, Tensor& x,
-                          const TraceFn& trace) {
+void DeepseekModel::Block(const BlockWeights& w, int layer, int cache_layer, const Step& step,
+                          Tensor& x) {
   const ModelConfig& c = config_;
   const float eps = static_cast<float>(c.rms_norm_eps);
   const int64_t T = x.dim(0);
   Tensor h = ops_.Empty(DType::kF32, {T, c.hidden_size});
   ops_.RmsNorm(x, w.input_norm, eps, h);
-  Tensor attn = Attention(w.attn, cache_layer, batch, mode, cache, h);
+  Tensor attn = Attention(w.attn, cache_layer, step, h);
   ops_.AddRmsNorm(x, attn, w.post_attention_norm, eps, h);
 
   Tensor ffn, ids, expert_weights;
@@ -177,8 +179,8 @@ void DeepseekModel::Block(const BlockWeights& w, int layer, int cache_layer,
     if (w.moe.shared) ops_.Add(ffn, Mlp(*w.moe.shared, h));
   }
   ops_.Add(x, ffn);
-  if (trace) {
-    trace(LayerTrace{layer, attn, ffn, x, w.is_moe ? &ids : nullptr,
+  if (step.trace) {
+    step.trace(LayerTrace{layer, attn, ffn, x, w.is_moe ? &ids : nullptr,
                      w.is_moe ? &expert_weights : nullptr});
   }
 }
@@ -207,8 +209,9 @@ absl::Status DeepseekModel::Forward(const ForwardInput& in, LatentCache& cache,
   const int64_t T = static_cast<int64_t>(in.tokens.size());
   Tensor x = ops_.Empty(DType::kF32, {T, c.hidden_size});
   ops_.Embedding(weights_.embed, in.tokens, x);
+  const Step step = MakeStep(in.batch, in.mla_mode, cache, in.trace);
   for (int layer = 0; layer < c.num_hidden_layers; ++layer) {
-    Block(weights_.layers[layer], layer, layer, in.batch, in.mla_mode, cache, x, in.trace);
+    Block(weights_.layers[layer], layer, layer, step, x);
   }
   out->hidden = ops_.Empty(DType::kF32, {T, c.hidden_size});
   ops_.RmsNorm(x, weights_.final_norm, static_cast<float>(c.rms_norm_eps), out->hidden);
@@ -241,8 +244,8 @@ absl::Status DeepseekModel::ForwardMtp(const MtpInput& in, LatentCache& cache,
   ops_.ConcatColumns(e, h, cat);
   Tensor x = ops_.Empty(DType::kF32, {T, c.hidden_size});
   ops_.Linear(cat, m.eh_proj, x);
-  Block(m.block, c.num_hidden_layers, mtp_cache_layer(), in.batch, in.mla_mode, cache, x,
-        in.trace);
+  const Step step = MakeStep(in.batch, in.mla_mode, cache, in.trace);
+  Block(m.block, c.num_hidden_layers, mtp_cache_layer(), step, x);
   ops_.RmsNorm(x, m.head_norm, eps, x);
   *logits = Logits(m.head, x, in.logit_rows);
   return absl::OkStatus();

@@ -82,11 +82,19 @@ class DeepseekModel {
   absl::Status Validate(std::span<const int32_t> tokens, const kernels::AttentionBatch& batch,
                         std::span<const int32_t> logit_rows, const kernels::LatentCache& cache,
                         int cache_layer);
+  // What every layer of one step shares.
+  struct Step {
+    const kernels::AttentionBatch& batch;
+    kernels::MlaMode mode;
+    const kernels::RopeTable& rope;  // covers every position of the batch
+    kernels::LatentCache& cache;
+    const TraceFn& trace;
+  };
+  Step MakeStep(const kernels::AttentionBatch& batch, kernels::MlaMode mode,
+                kernels::LatentCache& cache, const TraceFn& trace);
   // x [T, hidden] goes through one decoder block in place.
-  void Block(const BlockWeights& w, int layer, int cache_layer, const kernels::AttentionBatch& b,
-             kernels::MlaMode mode, kernels::LatentCache& cache, Tensor& x, const TraceFn& trace);
-  Tensor Attention(const AttentionWeights& w, int cache_layer, const kernels::AttentionBatch& b,
-                   kernels::MlaMode mode, kernels::LatentCache& cache, const Tensor& h);
+  void Block(const BlockWeights& w, int layer, int cache_layer, const Step& step, Tensor& x);
+  Tensor Attention(const AttentionWeights& w, int cache_layer, const Step& step, const Tensor& h);
   Tensor Mlp(const MlpWeights& w, const Tensor& h);
   // Logits of the chosen rows of x (already normed) through `head`.
   std::vector<float> Logits(const Weight& head, const Tensor& x, std::span<const int32_t> rows);

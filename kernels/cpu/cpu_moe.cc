@@ -136,7 +136,7 @@ void CpuOps::MoeExperts(const Tensor& x, std::span<const MlpWeights> experts, co
     }
     LinearRaw(xs.data(), n, m.gate, gate.data());
     LinearRaw(xs.data(), n, m.up, up.data());
-    for (int64_t i = 0; i < n * I; ++i) gate[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+    for (int64_t i = 0; i < n * I; ++i) gate[i] = SiluTimes(gate[i], up[i]);
     LinearRaw(gate.data(), n, m.down, down.data());
     for (int64_t i = 0; i < n; ++i) {
       prims_.axpy(tokens[i].second, down.data() + i * H, out.data<float>() + tokens[i].first * H,

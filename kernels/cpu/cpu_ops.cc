@@ -90,7 +90,7 @@ void CpuOps::SiluMul(const Tensor& gate, const Tensor& up, Tensor& out) {
   const float* u = up.data<float>();
   float* o = out.data<float>();
   pool_.ParallelFor(n, 1 << 14, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) o[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+    for (int64_t i = b; i < e; ++i) o[i] = SiluTimes(g[i], u[i]);
   });
 }
 

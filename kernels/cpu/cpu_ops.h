@@ -3,6 +3,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 
 #include "core/thread_pool.h"
@@ -56,6 +57,9 @@ inline int64_t GrainFor(int64_t work_per_item) {
   constexpr int64_t kMinChunkWork = 1 << 16;
   return std::max<int64_t>(1, kMinChunkWork / std::max<int64_t>(1, work_per_item));
 }
+
+// SwiGLU's elementwise step, silu(g) * u (shared by SiluMul and the MoE experts).
+inline float SiluTimes(float g, float u) { return g / (1.0f + std::exp(-g)) * u; }
 
 // RoPE on one head's rope part: pairs (x0, x1), (x2, x3), ... are rotated in place by their
 // frequency's angle — DeepSeek's own (interleaved, non-NeoX) layout, which the cache keeps.

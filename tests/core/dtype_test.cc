@@ -14,6 +14,7 @@
 #include "kernels/cpu/isa.h"
 #include "kernels/cpu/primitives.h"
 #include "kernels/weight.h"
+#include "tests/support/test_weight.h"
 
 namespace dserve {
 namespace {
@@ -23,6 +24,7 @@ using kernels::cpu::GetPrimitives;
 using kernels::cpu::Isa;
 using kernels::cpu::IsaName;
 using kernels::cpu::IsaSupported;
+using testing::SupportedIsas;
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
@@ -50,14 +52,6 @@ double F16Definition(uint16_t h) {
 bool SameValue(double want, float got) {
   if (std::isnan(want)) return std::isnan(got);
   return want == static_cast<double>(got) && std::signbit(want) == std::signbit(got);
-}
-
-std::vector<Isa> SupportedIsas() {
-  std::vector<Isa> isas;
-  for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512}) {
-    if (IsaSupported(isa)) isas.push_back(isa);
-  }
-  return isas;
 }
 
 // ---------------------------------------------------------------------------------------------

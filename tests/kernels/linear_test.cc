@@ -7,54 +7,26 @@
 #include <limits>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/tensor.h"
 #include "kernels/cpu/cpu_ops.h"
 #include "kernels/cpu/isa.h"
 #include "kernels/weight.h"
+#include "tests/support/test_weight.h"
 
 namespace dserve::kernels::cpu {
 namespace {
 
-// E4M3fn by its definition (bias 7, subnormals at exponent 0, S.1111.111 NaN).
-double DecodeE4M3(uint8_t b) {
-  const double sign = (b & 0x80) ? -1.0 : 1.0;
-  const int e = (b >> 3) & 0xF, m = b & 0x7;
-  if (e == 15 && m == 7) return std::numeric_limits<double>::quiet_NaN();
-  return e == 0 ? sign * std::ldexp(m, -9) : sign * std::ldexp(8 + m, e - 10);
-}
-
-double DecodeBf16(uint16_t h) {
-  const double sign = (h & 0x8000) ? -1.0 : 1.0;
-  const int e = (h >> 7) & 0xFF, m = h & 0x7F;
-  return e == 0 ? sign * std::ldexp(m, -133) : sign * std::ldexp(128 + m, e - 134);
-}
-
-double DecodeF16(uint16_t h) {
-  const double sign = (h & 0x8000) ? -1.0 : 1.0;
-  const int e = (h >> 10) & 0x1F, m = h & 0x3FF;
-  return e == 0 ? sign * std::ldexp(m, -24) : sign * std::ldexp(1024 + m, e - 25);
-}
+using testing::SupportedIsas;
+using testing::TestWeight;
 
 // A random weight with its storage and the real value of every element in double.
-struct TestWeight {
-  Weight w;
-  std::vector<uint8_t> bytes;
-  std::vector<float> scales;
-  std::vector<double> real;  // [rows, cols]
-};
-
 TestWeight RandomWeight(DType dtype, int64_t rows, int64_t cols, std::mt19937& rng,
                         int64_t block_rows = 128, int64_t block_cols = 128) {
-  TestWeight t;
-  t.w.dtype = dtype;
-  t.w.rows = rows;
-  t.w.cols = cols;
-  t.w.block_rows = block_rows;
-  t.w.block_cols = block_cols;
-  t.bytes.resize(rows * cols * DTypeSize(dtype));
-  t.real.resize(rows * cols);
+  std::vector<uint8_t> bytes(rows * cols * DTypeSize(dtype));
+  std::vector<float> scales;
   std::uniform_int_distribution<int> byte(0, 255), bit(0, 1);
   switch (dtype) {
     case DType::kF8E4M3: {
@@ -63,20 +35,13 @@ TestWeight RandomWeight(DType dtype, int64_t rows, int64_t cols, std::mt19937& r
         do {
           b = byte(rng);
         } while ((b & 0x7F) == 0x7F);  // every code but the two NaNs
-        t.bytes[i] = static_cast<uint8_t>(b);
+        bytes[i] = static_cast<uint8_t>(b);
       }
       // Scales spread over a few binades, none a power of two.
       std::uniform_real_distribution<double> mant(0.5, 1.0);
       std::uniform_int_distribution<int> exp(-9, -3);
-      t.scales.resize(t.w.scale_rows() * t.w.scale_cols());
-      for (float& s : t.scales) s = static_cast<float>(std::ldexp(mant(rng), exp(rng)));
-      for (int64_t r = 0; r < rows; ++r) {
-        for (int64_t c = 0; c < cols; ++c) {
-          const double s = t.scales[(r / block_rows) * t.w.scale_cols() + c / block_cols];
-          t.real[r * cols + c] = DecodeE4M3(t.bytes[r * cols + c]) * s;
-        }
-      }
-      t.w.scale_inv = t.scales.data();
+      scales.resize(testing::NumBlockScales(rows, cols, block_rows, block_cols));
+      for (float& s : scales) s = static_cast<float>(std::ldexp(mant(rng), exp(rng)));
       break;
     }
     case DType::kBF16:
@@ -86,23 +51,22 @@ TestWeight RandomWeight(DType dtype, int64_t rows, int64_t cols, std::mt19937& r
       std::uniform_int_distribution<int> exp = bf16 ? std::uniform_int_distribution<int>(120, 134)
                                                     : std::uniform_int_distribution<int>(0, 22);
       std::uniform_int_distribution<int> mant(0, bf16 ? 0x7F : 0x3FF);
-      uint16_t* h = reinterpret_cast<uint16_t*>(t.bytes.data());
+      uint16_t* h = reinterpret_cast<uint16_t*>(bytes.data());
       for (int64_t i = 0; i < rows * cols; ++i) {
         const int shift = bf16 ? 7 : 10;
         h[i] = static_cast<uint16_t>((bit(rng) << 15) | (exp(rng) << shift) | mant(rng));
-        t.real[i] = bf16 ? DecodeBf16(h[i]) : DecodeF16(h[i]);
       }
       break;
     }
     default: {
       std::normal_distribution<float> normal(0.0f, 1.0f);
-      float* f = reinterpret_cast<float*>(t.bytes.data());
-      for (int64_t i = 0; i < rows * cols; ++i) t.real[i] = f[i] = normal(rng);
+      float* f = reinterpret_cast<float*>(bytes.data());
+      for (int64_t i = 0; i < rows * cols; ++i) f[i] = normal(rng);
       break;
     }
   }
-  t.w.data = t.bytes.data();
-  return t;
+  return testing::MakeTestWeight(dtype, rows, cols, std::move(bytes), std::move(scales), block_rows,
+                                 block_cols);
 }
 
 Tensor RandomActivations(int64_t T, int64_t K, std::mt19937& rng) {
@@ -111,14 +75,6 @@ Tensor RandomActivations(int64_t T, int64_t K, std::mt19937& rng) {
   float* p = x.data<float>();
   for (int64_t i = 0; i < T * K; ++i) p[i] = (i % 11 == 5) ? 0.0f : normal(rng);
   return x;
-}
-
-std::vector<Isa> SupportedIsas() {
-  std::vector<Isa> isas;
-  for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512}) {
-    if (IsaSupported(isa)) isas.push_back(isa);
-  }
-  return isas;
 }
 
 // Runs Linear for every ISA and checks each output against the double reference:

@@ -12,6 +12,7 @@
 #include <random>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/tensor.h"
@@ -19,9 +20,13 @@
 #include "kernels/cpu/isa.h"
 #include "kernels/latent_cache.h"
 #include "kernels/ops.h"
+#include "tests/support/test_weight.h"
 
 namespace dserve::kernels::cpu {
 namespace {
+
+using testing::SupportedIsas;
+using testing::TestWeight;
 
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 
@@ -36,60 +41,23 @@ constexpr int64_t kPositions = 400;
 constexpr float kEps = 1e-6f;
 constexpr float kSoftmaxScale = 0.23f;
 
-double DecodeE4M3(uint8_t b) {
-  const double sign = (b & 0x80) ? -1.0 : 1.0;
-  const int e = (b >> 3) & 0xF, m = b & 0x7;
-  if (e == 15 && m == 7) return std::numeric_limits<double>::quiet_NaN();
-  return e == 0 ? sign * std::ldexp(m, -9) : sign * std::ldexp(8 + m, e - 10);
-}
-
-std::vector<Isa> SupportedIsas() {
-  std::vector<Isa> isas;
-  for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512}) {
-    if (IsaSupported(isa)) isas.push_back(isa);
-  }
-  return isas;
-}
-
 // kv_b [heads * (nope + v), kv_lora] in F32 or FP8 (128x128 scales), with its real values.
-struct KvB {
-  Weight w;
-  std::vector<float> f32;
-  std::vector<uint8_t> fp8;
-  std::vector<float> scales;
-  std::vector<double> real;
-};
-
-KvB RandomKvB(DType dtype, std::mt19937& rng) {
-  KvB k;
+TestWeight RandomKvB(DType dtype, std::mt19937& rng) {
   const int64_t rows = kHeads * kKvw, cols = kLora;
-  k.w.dtype = dtype;
-  k.w.rows = rows;
-  k.w.cols = cols;
-  k.real.resize(rows * cols);
   if (dtype == DType::kF32) {
     std::normal_distribution<float> normal(0.0f, 0.1f);
-    k.f32.resize(rows * cols);
-    for (int64_t i = 0; i < rows * cols; ++i) k.real[i] = k.f32[i] = normal(rng);
-    k.w.data = k.f32.data();
-    return k;
+    std::vector<float> f32(rows * cols);
+    for (float& v : f32) v = normal(rng);
+    return testing::MakeF32TestWeight(rows, cols, f32);
   }
   // Codes with exponent fields 4..10 (|value| in [1/8, 15]), random sign and mantissa.
   std::uniform_int_distribution<int> sign(0, 1), exp(4, 10), mant(0, 7);
-  k.fp8.resize(rows * cols);
-  for (uint8_t& b : k.fp8) b = static_cast<uint8_t>((sign(rng) << 7) | (exp(rng) << 3) | mant(rng));
+  std::vector<uint8_t> fp8(rows * cols);
+  for (uint8_t& b : fp8) b = static_cast<uint8_t>((sign(rng) << 7) | (exp(rng) << 3) | mant(rng));
   std::uniform_real_distribution<float> scale(0.01f, 0.05f);
-  k.scales.resize(k.w.scale_rows() * k.w.scale_cols());
-  for (float& s : k.scales) s = scale(rng);
-  for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t c = 0; c < cols; ++c) {
-      k.real[r * cols + c] =
-          DecodeE4M3(k.fp8[r * cols + c]) * k.scales[(r / 128) * k.w.scale_cols() + c / 128];
-    }
-  }
-  k.w.data = k.fp8.data();
-  k.w.scale_inv = k.scales.data();
-  return k;
+  std::vector<float> scales(testing::NumBlockScales(rows, cols));
+  for (float& s : scales) s = scale(rng);
+  return testing::MakeTestWeight(dtype, rows, cols, std::move(fp8), std::move(scales));
 }
 
 // One sequence of a scenario: `cached` tokens already in the cache, `n` new ones this step.
@@ -132,7 +100,7 @@ std::vector<double> CachedToken(const Scenario& s, const float* kv_a, int64_t po
   return t;
 }
 
-void ComputeReference(Scenario& s, const KvB& kv_b) {
+void ComputeReference(Scenario& s, const TestWeight& kv_b) {
   s.out.assign(s.rows * kHeads * kV, 0.0);
   for (size_t si = 0; si < s.specs.size(); ++si) {
     const SeqSpec& sp = s.specs[si];
@@ -189,7 +157,8 @@ void ComputeReference(Scenario& s, const KvB& kv_b) {
   }
 }
 
-Scenario MakeScenario(const std::vector<SeqSpec>& specs, const KvB& kv_b, std::mt19937& rng) {
+Scenario MakeScenario(const std::vector<SeqSpec>& specs, const TestWeight& kv_b,
+                      std::mt19937& rng) {
   Scenario s;
   s.specs = specs;
   std::uniform_real_distribution<float> uni(-1.0f, 1.0f), norm_w(0.5f, 1.5f);
@@ -243,7 +212,7 @@ double RelativeDiff(const float* a, const double* b, int64_t n) {
 
 // Runs one scenario on one ISA: prefixes written in one MlaWriteCache call, the new tokens in
 // another, then MlaAttention in each mode; checks the cache and the outputs.
-void RunScenario(const Scenario& s, const KvB& kv_b, Isa isa) {
+void RunScenario(const Scenario& s, const TestWeight& kv_b, Isa isa) {
   CpuOps ops(2, isa);
   LatentCache cache(LatentCacheShape{kNumLayers, kLora, kRope, kPageSize, kNumPages});
   for (int l = 0; l < kNumLayers; ++l) {
@@ -362,7 +331,7 @@ class MlaTest : public ::testing::TestWithParam<DType> {
  protected:
   void Run(const std::vector<SeqSpec>& specs, uint32_t seed) {
     std::mt19937 rng(seed);
-    const KvB kv_b = RandomKvB(GetParam(), rng);
+    const TestWeight kv_b = RandomKvB(GetParam(), rng);
     const Scenario s = MakeScenario(specs, kv_b, rng);
     for (Isa isa : SupportedIsas()) {
       SCOPED_TRACE(std::string("isa ") + std::string(IsaName(isa)));

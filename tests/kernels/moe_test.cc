@@ -12,22 +12,26 @@
 #include <map>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/tensor.h"
 #include "kernels/cpu/cpu_ops.h"
 #include "kernels/cpu/isa.h"
 #include "kernels/router_config.h"
+#include "tests/support/test_weight.h"
 
 namespace dserve::kernels::cpu {
 namespace {
 
-std::vector<Isa> SupportedIsas() {
-  std::vector<Isa> isas;
-  for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512}) {
-    if (IsaSupported(isa)) isas.push_back(isa);
-  }
-  return isas;
+using testing::SupportedIsas;
+using testing::TestWeight;
+
+// The F32 identity [E, E] as a router weight.
+TestWeight IdentityRouter(int E) {
+  std::vector<float> identity(E * E, 0.0f);
+  for (int e = 0; e < E; ++e) identity[e * E + e] = 1.0f;
+  return testing::MakeF32TestWeight(E, E, identity);
 }
 
 // Calls fn(subset) for every k-element subset of `items`.
@@ -161,13 +165,7 @@ void ExpectRouted(const Tensor& ids, const Tensor& weights, int64_t t, int k, co
 void RunRouteCase(const RouterConfig& c, bool with_bias, int64_t T, std::mt19937& rng) {
   SCOPED_TRACE(Describe(c, with_bias) + " T=" + std::to_string(T));
   const int E = c.num_experts;
-  std::vector<float> identity(E * E, 0.0f);
-  for (int e = 0; e < E; ++e) identity[e * E + e] = 1.0f;
-  Weight router;
-  router.dtype = DType::kF32;
-  router.rows = E;
-  router.cols = E;
-  router.data = identity.data();
+  const TestWeight router = IdentityRouter(E);
 
   std::uniform_real_distribution<float> bias_dist(-0.05f, 0.05f);
   Tensor bias;
@@ -194,7 +192,7 @@ void RunRouteCase(const RouterConfig& c, bool with_bias, int64_t T, std::mt19937
     Tensor ids = Tensor::Zeros(DType::kI32, {T, c.top_k});
     Tensor weights = Tensor::Zeros(DType::kF32, {T, c.top_k});
     std::fill_n(ids.data<int32_t>(), T * c.top_k, -1);
-    ops.MoeRoute(x, router, bias, c, ids, weights);
+    ops.MoeRoute(x, router.w, bias, c, ids, weights);
     for (int64_t t = 0; t < T; ++t) ExpectRouted(ids, weights, t, c.top_k, want[t]);
   }
 }
@@ -235,19 +233,13 @@ void RunAllOptions(TopkMethod method, const std::vector<RouteShape>& shapes, uin
 TEST(MoeRouteDeathTest, InconsistentConfigStops) {
   GTEST_FLAG_SET(death_test_style, "threadsafe");
   const int E = 8;
-  std::vector<float> identity(E * E, 0.0f);
-  for (int e = 0; e < E; ++e) identity[e * E + e] = 1.0f;
-  Weight router;
-  router.dtype = DType::kF32;
-  router.rows = E;
-  router.cols = E;
-  router.data = identity.data();
+  const TestWeight router = IdentityRouter(E);
   Tensor x = Tensor::Zeros(DType::kF32, {1, E});
   auto route = [&](RouterConfig c) {
     CpuOps ops(1);
     Tensor ids = Tensor::Zeros(DType::kI32, {1, c.top_k});
     Tensor weights = Tensor::Zeros(DType::kF32, {1, c.top_k});
-    ops.MoeRoute(x, router, Tensor(), c, ids, weights);
+    ops.MoeRoute(x, router.w, Tensor(), c, ids, weights);
   };
   RouterConfig c;
   c.num_experts = E;
@@ -281,8 +273,9 @@ TEST(MoeRoute, NoauxTc) {
                 {{16, 4, 4, 2}, {12, 3, 3, 1}, {32, 8, 8, 4}, {8, 1, 4, 1}, {24, 5, 4, 3}}, 23);
 }
 
-TEST(MoeRoute, SingleTokenAndManyTokens) {
-  std::mt19937 rng(24);
+// DeepSeek-V3's routing on 16 experts: sigmoid scores, noaux_tc keeping 2 of 4 groups, top 4,
+// normalised, times 2.5.
+RouterConfig V3Router() {
   RouterConfig c;
   c.num_experts = 16;
   c.top_k = 4;
@@ -292,6 +285,12 @@ TEST(MoeRoute, SingleTokenAndManyTokens) {
   c.method = TopkMethod::kNoauxTc;
   c.norm_topk_prob = true;
   c.routed_scaling_factor = 2.5f;
+  return c;
+}
+
+TEST(MoeRoute, SingleTokenAndManyTokens) {
+  std::mt19937 rng(24);
+  const RouterConfig c = V3Router();
   for (int64_t T : {1, 2, 4, 5, 100}) RunRouteCase(c, true, T, rng);
 }
 
@@ -300,23 +299,11 @@ TEST(MoeRoute, RandomRouterWeights) {
   std::mt19937 rng(25);
   const int E = 16, H = 64;
   const int64_t T = 40;
-  RouterConfig c;
-  c.num_experts = E;
-  c.top_k = 4;
-  c.n_group = 4;
-  c.topk_group = 2;
-  c.scoring = ScoringFunc::kSigmoid;
-  c.method = TopkMethod::kNoauxTc;
-  c.norm_topk_prob = true;
-  c.routed_scaling_factor = 2.5f;
+  const RouterConfig c = V3Router();
   std::normal_distribution<float> normal(0.0f, 1.0f);
   std::vector<float> w(E * H);
   for (float& v : w) v = normal(rng) * 0.25f;
-  Weight router;
-  router.dtype = DType::kF32;
-  router.rows = E;
-  router.cols = H;
-  router.data = w.data();
+  const TestWeight router = testing::MakeF32TestWeight(E, H, w);
   Tensor bias = Tensor::Zeros(DType::kF32, {E});
   std::vector<double> bias_d;
   for (int e = 0; e < E; ++e) bias_d.push_back(bias.data<float>()[e] = 0.01f * normal(rng));
@@ -339,7 +326,7 @@ TEST(MoeRoute, RandomRouterWeights) {
     CpuOps ops(2, isa);
     Tensor ids = Tensor::Zeros(DType::kI32, {T, 4});
     Tensor weights = Tensor::Zeros(DType::kF32, {T, 4});
-    ops.MoeRoute(x, router, bias, c, ids, weights);
+    ops.MoeRoute(x, router.w, bias, c, ids, weights);
     for (int64_t t = 0; t < T; ++t) ExpectRouted(ids, weights, t, 4, want[t]);
   }
 }
@@ -350,67 +337,34 @@ TEST(MoeRoute, RandomRouterWeights) {
 
 constexpr int64_t kHidden = 48, kInter = 32;
 
-double DecodeE4M3(uint8_t b) {
-  const double sign = (b & 0x80) ? -1.0 : 1.0;
-  const int e = (b >> 3) & 0xF, m = b & 0x7;
-  return e == 0 ? sign * std::ldexp(m, -9) : sign * std::ldexp(8 + m, e - 10);
-}
-
-double DecodeBf16(uint16_t h) {
-  const double sign = (h & 0x8000) ? -1.0 : 1.0;
-  const int e = (h >> 7) & 0xFF, m = h & 0x7F;
-  return sign * std::ldexp(128 + m, e - 134);  // normals only are generated here
-}
-
 // One projection in a chosen dtype, its storage, and its real values.
-struct Proj {
-  Weight w;
-  std::vector<uint8_t> bytes;
-  std::vector<float> scales;
-  std::vector<double> real;
-};
-
-Proj RandomProj(DType dtype, int64_t rows, int64_t cols, std::mt19937& rng, bool poison) {
-  Proj p;
-  p.w.dtype = dtype;
-  p.w.rows = rows;
-  p.w.cols = cols;
-  p.bytes.resize(rows * cols * DTypeSize(dtype));
-  p.real.resize(rows * cols);
+TestWeight RandomProj(DType dtype, int64_t rows, int64_t cols, std::mt19937& rng, bool poison) {
+  std::vector<uint8_t> bytes(rows * cols * DTypeSize(dtype));
   std::normal_distribution<float> normal(0.0f, 0.2f);
   std::uniform_int_distribution<int> bit(0, 1), mant7(0, 7), mant127(0, 127), e8(2, 9);
   std::uniform_int_distribution<int> e_bf(121, 125);
   for (int64_t i = 0; i < rows * cols; ++i) {
     if (dtype == DType::kF32) {
       const float v = poison ? std::numeric_limits<float>::quiet_NaN() : normal(rng);
-      std::memcpy(p.bytes.data() + 4 * i, &v, 4);
-      p.real[i] = v;
+      std::memcpy(bytes.data() + 4 * i, &v, 4);
     } else if (dtype == DType::kBF16) {
       const uint16_t h = static_cast<uint16_t>((bit(rng) << 15) | (e_bf(rng) << 7) | mant127(rng));
-      std::memcpy(p.bytes.data() + 2 * i, &h, 2);
-      p.real[i] = DecodeBf16(h);
+      std::memcpy(bytes.data() + 2 * i, &h, 2);
     } else {
-      p.bytes[i] = static_cast<uint8_t>((bit(rng) << 7) | (e8(rng) << 3) | mant7(rng));
+      bytes[i] = static_cast<uint8_t>((bit(rng) << 7) | (e8(rng) << 3) | mant7(rng));
     }
   }
+  std::vector<float> scales;
   if (dtype == DType::kF8E4M3) {
-    p.scales.resize(p.w.scale_rows() * p.w.scale_cols());
+    scales.resize(testing::NumBlockScales(rows, cols));
     std::uniform_real_distribution<float> s(0.02f, 0.08f);
-    for (float& v : p.scales) v = s(rng);
-    for (int64_t r = 0; r < rows; ++r) {
-      for (int64_t c = 0; c < cols; ++c) {
-        p.real[r * cols + c] =
-            DecodeE4M3(p.bytes[r * cols + c]) * p.scales[(r / 128) * p.w.scale_cols() + c / 128];
-      }
-    }
-    p.w.scale_inv = p.scales.data();
+    for (float& v : scales) v = s(rng);
   }
-  p.w.data = p.bytes.data();
-  return p;
+  return testing::MakeTestWeight(dtype, rows, cols, std::move(bytes), std::move(scales));
 }
 
 struct Expert {
-  Proj gate, up, down;
+  TestWeight gate, up, down;
 };
 
 // out[t] = sum_k w[t,k] * down(silu(gate x_t) * up x_t), in double, with a per-output error

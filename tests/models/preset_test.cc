@@ -2,7 +2,6 @@
 // config, tokenizer), its determinism, and the engine's forward pass on each preset against
 // the float64 reference implementation of tests/support (not the production kernels).
 #include <algorithm>
-#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -17,6 +16,7 @@
 #include "models/greedy_decode.h"
 #include "models/model_generator.h"
 #include "models/presets.h"
+#include "tests/support/compare.h"
 #include "tests/support/reference_model.h"
 #include "tests/support/test_env.h"
 
@@ -24,6 +24,7 @@ namespace dserve::models {
 namespace {
 
 namespace fs = std::filesystem;
+using testing::RelError;
 constexpr uint64_t kSeed = 7;
 constexpr double kLogitTolerance = 1e-3;  // max |ours - ref| / max |ref|, as for testdata
 
@@ -59,15 +60,6 @@ std::vector<int32_t> Prompt(int64_t vocab) {
   }
   t.push_back(static_cast<int32_t>(vocab - 1));
   return t;
-}
-
-double RelError(const float* got, const double* ref, int64_t n) {
-  double err = 0, scale = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    err = std::max(err, std::fabs(got[i] - ref[i]));
-    scale = std::max(scale, std::fabs(ref[i]));
-  }
-  return err / scale;
 }
 
 class PresetTest : public ::testing::TestWithParam<std::string> {};

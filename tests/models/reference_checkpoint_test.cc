@@ -13,6 +13,7 @@
 #include "kernels/cpu/cpu_ops.h"
 #include "models/deepseek_model.h"
 #include "models/greedy_decode.h"
+#include "tests/support/compare.h"
 #include "tests/support/npz_reader.h"
 #include "tests/support/test_env.h"
 
@@ -22,6 +23,7 @@ namespace {
 using kernels::MlaMode;
 using kernels::cpu::Isa;
 using testing::NpyArray;
+using testing::RelError;
 
 // Logits: max |ours - ref| <= 1e-3 * max |ref| (the bound for an FP32-activation
 // engine); intermediates are held to a tighter 1e-4 of their own scale.
@@ -30,22 +32,6 @@ constexpr double kIntermediateTolerance = 1e-4;
 // Routing is compared only where the reference's top-k boundary has a real gap: FP32 may
 // legitimately pick the other expert of a near-tie.
 constexpr double kMinRoutingMargin = 1e-4;
-
-double MaxAbs(const std::vector<double>& v) {
-  double m = 0;
-  for (double x : v) m = std::max(m, std::fabs(x));
-  return m;
-}
-
-// max |got - ref| / max |ref| over a [rows, cols] block.
-double RelError(const float* got, const double* ref, int64_t n) {
-  double err = 0, scale = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    err = std::max(err, std::fabs(got[i] - ref[i]));
-    scale = std::max(scale, std::fabs(ref[i]));
-  }
-  return err / scale;
-}
 
 int ArgMaxRow(const double* row, int64_t n) {
   return static_cast<int>(std::max_element(row, row + n) - row);
@@ -191,7 +177,9 @@ TEST_P(ReferenceCheckpointTest, ForwardMatchesFloat64Reference) {
       ++compared;
     }
   }
-  if (c.n_routed_experts > 0) EXPECT_GT(compared, 0);
+  if (c.n_routed_experts > 0) {
+    EXPECT_GT(compared, 0);
+  }
 
   // The MTP head: row i combines h[i] with token i+1 at position i.
   if (!model_->has_mtp()) return;
