@@ -38,8 +38,9 @@ struct TensorSpec {
   DType dtype;
   std::vector<int64_t> shape;
   Init init;
-  // FP8 only: the name of the weight this scale tensor belongs to (empty otherwise).
+  // FP8 scale tensors only: the name and shape of the weight they scale (empty otherwise).
   std::string scale_of;
+  std::vector<int64_t> weight_shape;
 
   int64_t numel() const {
     int64_t n = 1;
@@ -96,48 +97,47 @@ std::vector<float> Values(const TensorSpec& s, uint64_t seed) {
   return v;
 }
 
-// FP8 E4M3 with one scale per 128x128 block, as DeepSeek quantises: the block's largest
-// magnitude maps to 448.
-void QuantizeFp8(const std::vector<float>& w, int64_t rows, int64_t cols, std::vector<uint8_t>* q,
-                 std::vector<float>* scale_inv) {
-  constexpr int64_t kBlock = 128;
+// DeepSeek's FP8 scales: one per 128x128 block, mapping the block's largest magnitude to 448.
+constexpr int64_t kBlock = 128;
+
+std::vector<float> BlockScales(const std::vector<float>& w, int64_t rows, int64_t cols) {
   const int64_t br = (rows + kBlock - 1) / kBlock, bc = (cols + kBlock - 1) / kBlock;
-  q->resize(rows * cols);
-  scale_inv->assign(br * bc, 1.0f);
-  for (int64_t i = 0; i < br; ++i) {
-    for (int64_t j = 0; j < bc; ++j) {
-      const int64_t r1 = std::min(rows, (i + 1) * kBlock), c1 = std::min(cols, (j + 1) * kBlock);
-      float amax = 0.0f;
-      for (int64_t r = i * kBlock; r < r1; ++r) {
-        for (int64_t c = j * kBlock; c < c1; ++c) amax = std::max(amax, std::fabs(w[r * cols + c]));
-      }
-      const float s = amax > 0 ? amax / 448.0f : 1.0f;
-      (*scale_inv)[i * bc + j] = s;
-      for (int64_t r = i * kBlock; r < r1; ++r) {
-        for (int64_t c = j * kBlock; c < c1; ++c) {
-          (*q)[r * cols + c] = FloatToFp8E4M3(w[r * cols + c] / s);
-        }
-      }
+  std::vector<float> amax(br * bc, 0.0f);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < cols; ++c) {
+      float& m = amax[(r / kBlock) * bc + c / kBlock];
+      m = std::max(m, std::fabs(w[r * cols + c]));
     }
   }
+  for (float& m : amax) m = m > 0 ? m / 448.0f : 1.0f;
+  return amax;
 }
 
-std::vector<uint8_t> Produce(const TensorSpec& s, const std::vector<TensorSpec>& all,
-                             uint64_t seed) {
-  std::vector<uint8_t> bytes(s.bytes());
-  if (!s.scale_of.empty() || s.dtype == DType::kF8E4M3) {
-    const std::string& weight_name = s.scale_of.empty() ? s.name : s.scale_of;
-    auto it = std::find_if(all.begin(), all.end(),
-                           [&](const TensorSpec& t) { return t.name == weight_name; });
-    DSERVE_CHECK(it != all.end()) << weight_name;
-    std::vector<uint8_t> q;
-    std::vector<float> scales;
-    QuantizeFp8(Values(*it, seed), it->shape[0], it->shape[1], &q, &scales);
-    if (s.scale_of.empty()) {
-      std::memcpy(bytes.data(), q.data(), q.size());
-    } else {
-      std::memcpy(bytes.data(), scales.data(), scales.size() * sizeof(float));
+std::vector<uint8_t> QuantizeFp8(const std::vector<float>& w, int64_t rows, int64_t cols) {
+  const std::vector<float> scales = BlockScales(w, rows, cols);
+  const int64_t bc = (cols + kBlock - 1) / kBlock;
+  std::vector<uint8_t> q(rows * cols);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < cols; ++c) {
+      q[r * cols + c] = FloatToFp8E4M3(w[r * cols + c] / scales[(r / kBlock) * bc + c / kBlock]);
     }
+  }
+  return q;
+}
+
+std::vector<uint8_t> Produce(const TensorSpec& s, uint64_t seed) {
+  std::vector<uint8_t> bytes(s.bytes());
+  if (s.dtype == DType::kF8E4M3) {
+    const std::vector<uint8_t> q = QuantizeFp8(Values(s, seed), s.shape[0], s.shape[1]);
+    std::memcpy(bytes.data(), q.data(), q.size());
+    return bytes;
+  }
+  if (!s.scale_of.empty()) {
+    // The weight's values are seeded by its own name, so they can be drawn again here.
+    const TensorSpec weight{s.scale_of, DType::kF8E4M3, s.weight_shape, Init::kProjection, "", {}};
+    const std::vector<float> scales =
+        BlockScales(Values(weight, seed), s.weight_shape[0], s.weight_shape[1]);
+    std::memcpy(bytes.data(), scales.data(), scales.size() * sizeof(float));
     return bytes;
   }
   const std::vector<float> v = Values(s, seed);
@@ -183,7 +183,7 @@ class SpecBuilder {
 
  private:
   void Add(std::string name, DType dtype, std::vector<int64_t> shape, Init init) {
-    specs_.push_back({std::move(name), dtype, std::move(shape), init, ""});
+    specs_.push_back({std::move(name), dtype, std::move(shape), init, "", {}});
   }
 
   // A projection inside a decoder block: FP8 + block scales in FP8 checkpoints.
@@ -191,7 +191,8 @@ class SpecBuilder {
     if (!fp8_) return Add(name, DType::kBF16, {rows, cols}, Init::kProjection);
     Add(name, DType::kF8E4M3, {rows, cols}, Init::kProjection);
     specs_.push_back({name + "_scale_inv", DType::kF32,
-                      {(rows + 127) / 128, (cols + 127) / 128}, Init::kProjection, name});
+                      {(rows + kBlock - 1) / kBlock, (cols + kBlock - 1) / kBlock},
+                      Init::kProjection, name, {rows, cols}});
   }
 
   void Mlp(const std::string& p, int64_t intermediate) {
@@ -253,7 +254,7 @@ absl::Status WriteText(const fs::path& path, const std::string& text) {
 // Writes one shard: header (tensors ordered by element size, largest first, so every tensor
 // stays aligned to its element size, as the safetensors library does), then the data.
 absl::Status WriteShard(const fs::path& path, std::vector<const TensorSpec*> tensors,
-                        const std::vector<TensorSpec>& all, uint64_t seed, Progress& progress) {
+                        uint64_t seed, Progress& progress) {
   std::stable_sort(tensors.begin(), tensors.end(), [](const TensorSpec* a, const TensorSpec* b) {
     return DTypeSize(a->dtype) > DTypeSize(b->dtype);
   });
@@ -276,7 +277,7 @@ absl::Status WriteShard(const fs::path& path, std::vector<const TensorSpec*> ten
             std::fwrite(text.data(), 1, text.size(), f.get()) == text.size();
   for (const TensorSpec* t : tensors) {
     if (!ok) break;
-    const std::vector<uint8_t> bytes = Produce(*t, all, seed);
+    const std::vector<uint8_t> bytes = Produce(*t, seed);
     ok = std::fwrite(bytes.data(), 1, bytes.size(), f.get()) == bytes.size();
     progress.Advance(t->bytes());
   }
@@ -345,7 +346,7 @@ absl::Status GenerateModel(const GenerateOptions& o) {
   for (size_t i = 0; i < shards.size(); ++i) {
     const std::string file = absl::StrFormat("model-%05d-of-%05d.safetensors", i + 1,
                                              shards.size());
-    DSERVE_RETURN_IF_ERROR(WriteShard(out / file, shards[i], specs, o.seed, progress));
+    DSERVE_RETURN_IF_ERROR(WriteShard(out / file, shards[i], o.seed, progress));
     for (const TensorSpec* s : shards[i]) entries.emplace_back(s->name, file);
   }
   progress.Finish();
