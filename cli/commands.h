@@ -14,5 +14,8 @@ int RunLogits(const Args& args);
 int RunGenerate(const Args& args);
 int RunInspect(const Args& args);
 int RunBench(const Args& args);
+int RunTokenize(const Args& args);
+int RunDetokenize(const Args& args);
+int RunBenchTokenizer(const Args& args);
 
 }  // namespace dserve::cli

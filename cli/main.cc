@@ -21,6 +21,9 @@ constexpr Command kCommands[] = {
     {"logits", dserve::cli::RunLogits, "every position's logits of one forward pass, as .npy"},
     {"inspect", dserve::cli::RunInspect, "parameters, dtypes and KV-cache size of a checkpoint"},
     {"bench", dserve::cli::RunBench, "prompt and decode throughput, against memory bandwidth"},
+    {"tokenize", dserve::cli::RunTokenize, "lines of text -> JSON arrays of token ids"},
+    {"detokenize", dserve::cli::RunDetokenize, "JSON arrays of token ids -> JSON strings"},
+    {"bench-tokenizer", dserve::cli::RunBenchTokenizer, "single-threaded encode throughput"},
 };
 
 void PrintUsage(FILE* out) {

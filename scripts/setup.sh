@@ -7,7 +7,8 @@ set -euo pipefail
 
 PACKAGES=(
   cmake ninja-build g++ ccache pkg-config
-  libabsl-dev nlohmann-json3-dev zlib1g-dev
+  libabsl-dev nlohmann-json3-dev zlib1g-dev libpcre2-dev libsentencepiece-dev
+  python3-jinja2
   libgtest-dev libgmock-dev
   ca-certificates
 )

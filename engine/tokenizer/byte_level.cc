@@ -1,0 +1,54 @@
+#include "engine/tokenizer/byte_level.h"
+
+#include "engine/tokenizer/utf8.h"
+
+namespace dserve::engine {
+
+const std::array<uint32_t, 256>& ByteToCodePoint() {
+  static const std::array<uint32_t, 256> table = [] {
+    std::array<uint32_t, 256> t{};
+    uint32_t next = 256;
+    for (int b = 0; b < 256; ++b) {
+      const bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || b >= 0xAE;
+      t[b] = printable ? static_cast<uint32_t>(b) : next++;
+    }
+    return t;
+  }();
+  return table;
+}
+
+int CodePointToByte(uint32_t cp) {
+  static const std::array<int16_t, 512> inverse = [] {
+    std::array<int16_t, 512> t;
+    t.fill(-1);
+    for (int b = 0; b < 256; ++b) t[ByteToCodePoint()[b]] = static_cast<int16_t>(b);
+    return t;
+  }();
+  return cp < inverse.size() ? inverse[cp] : -1;
+}
+
+std::string BytesToByteLevel(std::string_view bytes) {
+  std::string out;
+  out.reserve(bytes.size() * 2);
+  for (unsigned char b : bytes) AppendUtf8(ByteToCodePoint()[b], &out);
+  return out;
+}
+
+bool ByteLevelToBytes(std::string_view text, std::string* bytes) {
+  for (size_t i = 0; i < text.size();) {
+    const int n = ValidSequenceLength(text, i);
+    if (n == 0) return false;
+    uint32_t cp = static_cast<uint8_t>(text[i]);
+    if (n > 1) {
+      cp &= 0xFF >> (n + 1);
+      for (int k = 1; k < n; ++k) cp = (cp << 6) | (static_cast<uint8_t>(text[i + k]) & 0x3F);
+    }
+    const int b = CodePointToByte(cp);
+    if (b < 0) return false;
+    bytes->push_back(static_cast<char>(b));
+    i += n;
+  }
+  return true;
+}
+
+}  // namespace dserve::engine
