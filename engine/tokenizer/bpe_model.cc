@@ -48,6 +48,7 @@ absl::StatusOr<std::unique_ptr<BpeModel>> BpeModel::Create(const nlohmann::json&
   }
   const auto& merges = model["merges"];
   m->merges_.reserve(merges.size());
+  std::string joined;  // reused: left + right
   for (size_t rank = 0; rank < merges.size(); ++rank) {
     std::string left, right;
     if (merges[rank].is_string()) {  // "a b"
@@ -62,7 +63,8 @@ absl::StatusOr<std::unique_ptr<BpeModel>> BpeModel::Create(const nlohmann::json&
       left = merges[rank][0].get<std::string>();
       right = merges[rank][1].get<std::string>();
     }
-    const int32_t a = m->Find(left), b = m->Find(right), ab = m->Find(left + right);
+    joined.assign(left).append(right);
+    const int32_t a = m->Find(left), b = m->Find(right), ab = m->Find(joined);
     if (a < 0 || b < 0 || ab < 0) {
       return absl::InvalidArgumentError(absl::StrCat("BPE merge ", rank, " ('", left, "', '", right,
                                                      "') names tokens outside the vocabulary"));
@@ -74,7 +76,7 @@ absl::StatusOr<std::unique_ptr<BpeModel>> BpeModel::Create(const nlohmann::json&
 }
 
 int32_t BpeModel::Find(std::string_view token) const {
-  auto it = vocab_.find(std::string(token));
+  auto it = vocab_.find(token);
   return it == vocab_.end() ? -1 : it->second;
 }
 
@@ -127,10 +129,9 @@ std::vector<int32_t> BpeModel::Merge(std::string_view piece) const {
 void BpeModel::Encode(std::string_view piece, std::vector<int32_t>* ids) const {
   if (piece.empty()) return;
   CacheShard& shard = cache_[std::hash<std::string_view>()(piece) % kShards];
-  const std::string key(piece);
   {
     std::shared_lock lock(shard.mu);
-    auto it = shard.pieces.find(key);
+    auto it = shard.pieces.find(piece);
     if (it != shard.pieces.end()) {
       ids->insert(ids->end(), it->second.begin(), it->second.end());
       return;
@@ -140,7 +141,7 @@ void BpeModel::Encode(std::string_view piece, std::vector<int32_t>* ids) const {
   ids->insert(ids->end(), merged.begin(), merged.end());
   std::unique_lock lock(shard.mu);
   if (shard.pieces.size() >= kMaxCachedPerShard) shard.pieces.clear();  // bounded memory
-  shard.pieces.emplace(key, std::move(merged));
+  shard.pieces.emplace(std::string(piece), std::move(merged));
 }
 
 }  // namespace dserve::engine

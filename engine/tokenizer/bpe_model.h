@@ -16,6 +16,14 @@
 
 namespace dserve::engine {
 
+// Hashes std::string keys and std::string_view probes alike, so lookups never allocate.
+struct StringViewHash {
+  using is_transparent = void;
+  size_t operator()(std::string_view s) const { return std::hash<std::string_view>()(s); }
+};
+template <typename V>
+using StringMap = std::unordered_map<std::string, V, StringViewHash, std::equal_to<>>;
+
 class BpeModel {
  public:
   // `model` is tokenizer.json's "model" object (type BPE).
@@ -34,7 +42,7 @@ class BpeModel {
   BpeModel() = default;
   std::vector<int32_t> Merge(std::string_view piece) const;
 
-  std::unordered_map<std::string, int32_t> vocab_;
+  StringMap<int32_t> vocab_;
   std::vector<std::string> tokens_;
   int32_t byte_ids_[256];  // the single-byte token of each byte
   // (left id << 32 | right id) -> (rank << 32 | merged id)
@@ -45,7 +53,7 @@ class BpeModel {
   static constexpr size_t kMaxCachedPerShard = 1 << 16;
   struct CacheShard {
     mutable std::shared_mutex mu;
-    std::unordered_map<std::string, std::vector<int32_t>> pieces;
+    StringMap<std::vector<int32_t>> pieces;
   };
   mutable CacheShard cache_[kShards];
 };
