@@ -5,68 +5,32 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/check.h"
+#include "engine/tokenizer/regex_translate.h"
 
 namespace dserve::engine {
 namespace {
-
-// Unicode White_Space, as Oniguruma (Hugging Face tokenizers) matches \s. PCRE2's UCP \s
-// would instead follow the Z categories and miss U+0085.
-constexpr const char* kWhiteSpace =
-    "\\t\\n\\x0B\\f\\r\\x20\\x{85}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}"
-    "\\x{202F}\\x{205F}\\x{3000}";
-
-// Rewrites \s and \S (inside and outside character classes) to explicit White_Space sets.
-absl::StatusOr<std::string> PinWhiteSpace(std::string_view p) {
-  std::string out;
-  bool in_class = false;
-  for (size_t i = 0; i < p.size(); ++i) {
-    const char c = p[i];
-    if (c == '\\' && i + 1 < p.size()) {
-      const char n = p[i + 1];
-      if (n == 's') {
-        out += in_class ? std::string(kWhiteSpace) : absl::StrCat("[", kWhiteSpace, "]");
-      } else if (n == 'S') {
-        if (in_class) {
-          return absl::InvalidArgumentError(
-              "pre-tokenizer regex uses \\S inside a character class, which is not supported");
-        }
-        out += absl::StrCat("[^", kWhiteSpace, "]");
-      } else {
-        out += c;
-        out += n;
-      }
-      ++i;
-      continue;
-    }
-    if (!in_class && c == '[') {
-      in_class = true;
-      out += c;
-      // A ']' right after '[' or '[^' is a literal member, not the end of the class.
-      if (i + 1 < p.size() && p[i + 1] == '^') out += p[++i];
-      if (i + 1 < p.size() && p[i + 1] == ']') out += p[++i];
-      continue;
-    }
-    if (in_class && c == ']') in_class = false;
-    out += c;
-  }
-  return out;
-}
 
 enum class Behavior { kRemoved, kIsolated, kMergedWithPrevious, kMergedWithNext, kContiguous };
 
 }  // namespace
 
 struct Regex::Code {
-  pcre2_code* code = nullptr;
-  ~Code() { pcre2_code_free(code); }
+  pcre2_code* code = nullptr;          // categories as PCRE2's tables have them
+  pcre2_code* supplemented = nullptr;  // as Hugging Face's; null when the pattern is the same
+  ~Code() {
+    pcre2_code_free(code);
+    pcre2_code_free(supplemented);
+  }
 };
 
-absl::StatusOr<std::unique_ptr<Regex>> Regex::Compile(std::string_view pattern) {
-  DSERVE_ASSIGN_OR_RETURN(const std::string pinned, PinWhiteSpace(pattern));
+namespace {
+
+absl::StatusOr<pcre2_code*> CompilePcre2(const std::string& translated,
+                                         std::string_view pattern) {
   int error = 0;
   PCRE2_SIZE offset = 0;
   pcre2_code* code =
-      pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pinned.data()), pinned.size(),
+      pcre2_compile(reinterpret_cast<PCRE2_SPTR>(translated.data()), translated.size(),
                     PCRE2_UTF | PCRE2_UCP | PCRE2_NO_UTF_CHECK, &error, &offset, nullptr);
   if (code == nullptr) {
     PCRE2_UCHAR message[256];
@@ -77,14 +41,28 @@ absl::StatusOr<std::unique_ptr<Regex>> Regex::Compile(std::string_view pattern) 
   }
   // JIT is an optimisation: where it is unavailable the interpreter gives the same matches.
   pcre2_jit_compile(code, PCRE2_JIT_COMPLETE);
-  auto* c = new Code;
-  c->code = code;
-  return std::unique_ptr<Regex>(new Regex(c));
+  return code;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Regex>> Regex::Compile(std::string_view pattern) {
+  DSERVE_ASSIGN_OR_RETURN(const std::string plain,
+                          TranslateForPcre2(pattern, CategoryTables::kPcre2));
+  DSERVE_ASSIGN_OR_RETURN(const std::string supplemented,
+                          TranslateForPcre2(pattern, CategoryTables::kHuggingFace));
+  auto c = std::make_unique<Code>();
+  DSERVE_ASSIGN_OR_RETURN(c->code, CompilePcre2(plain, pattern));
+  if (supplemented != plain) {
+    DSERVE_ASSIGN_OR_RETURN(c->supplemented, CompilePcre2(supplemented, pattern));
+  }
+  return std::unique_ptr<Regex>(new Regex(c.release()));
 }
 
 Regex::~Regex() { delete code_; }
 
-void Regex::FindAll(std::string_view text, Span span, std::vector<Span>* out) const {
+void Regex::FindAll(std::string_view text, Span span, std::vector<Span>* out,
+                    bool may_hold_changed_category) const {
   // One match-data block per thread, reused across calls (it only holds the ovector).
   struct MatchData {
     pcre2_match_data* data = pcre2_match_data_create(1, nullptr);
@@ -95,10 +73,21 @@ void Regex::FindAll(std::string_view text, Span span, std::vector<Span>* out) co
   // look-arounds see nothing outside it.
   const auto* subject = reinterpret_cast<PCRE2_SPTR>(text.data() + span.begin);
   const size_t length = span.end - span.begin;
+  // The faster plain form gives the same matches unless the piece holds a code point whose
+  // category PCRE2's tables and Hugging Face's disagree on.
+  const pcre2_code* code = code_->supplemented != nullptr && may_hold_changed_category &&
+                                    HasChangedCategory(text.substr(span.begin, length))
+                                ? code_->supplemented
+                                : code_->code;
   size_t start = 0;
   while (start < length) {
-    const int rc = pcre2_match(code_->code, subject, length, start, PCRE2_NO_UTF_CHECK, md.data,
-                               nullptr);
+    int rc = pcre2_match(code, subject, length, start, PCRE2_NO_UTF_CHECK, md.data, nullptr);
+    if (rc == PCRE2_ERROR_JIT_STACKLIMIT) {
+      // A repeated group (\p{Mn}+ translated, see regex_translate.h) can outgrow the JIT's
+      // 32 KB stack; the interpreter keeps its backtracking frames on the heap.
+      rc = pcre2_match(code, subject, length, start, PCRE2_NO_UTF_CHECK | PCRE2_NO_JIT, md.data,
+                       nullptr);
+    }
     if (rc < 0) break;  // PCRE2_ERROR_NOMATCH; other errors cannot occur on valid UTF-8
     const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md.data);
     if (ov[1] == ov[0]) {  // empty match: step over one character
@@ -120,12 +109,13 @@ struct PreTokenizer::Step {
   bool invert = false;
   bool individual_digits = false;  // kDigits
 
-  void Apply(std::string_view text, Span span, std::vector<Span>* out) const {
+  void Apply(std::string_view text, Span span, bool may_hold_changed_category,
+             std::vector<Span>* out) const {
     std::vector<Span> matches;
     if (kind == Kind::kDigits) {
       DigitRuns(text, span, &matches);
     } else {
-      regex->FindAll(text, span, &matches);
+      regex->FindAll(text, span, &matches, may_hold_changed_category);
     }
     // Alternate non-match and match segments over the span, flagged by whether they matched.
     std::vector<std::pair<Span, bool>> parts;
@@ -270,9 +260,11 @@ absl::StatusOr<std::unique_ptr<PreTokenizer>> PreTokenizer::Create(const nlohman
 
 void PreTokenizer::Split(std::string_view text, Span span, std::vector<Span>* out) const {
   std::vector<Span> current = {span}, next;
+  // One look over the whole text spares each regex step a look over each piece.
+  const bool changed = HasChangedCategory(text.substr(span.begin, span.end - span.begin));
   for (const auto& step : steps_) {
     next.clear();
-    for (const Span& s : current) step->Apply(text, s, &next);
+    for (const Span& s : current) step->Apply(text, s, changed, &next);
     current.swap(next);
   }
   out->insert(out->end(), current.begin(), current.end());

@@ -1,7 +1,8 @@
 // PreTokenizer: how tokenizer.json's pre_tokenizer cuts text into pieces before BPE — a
 // Sequence of Split (regex or literal, all five behaviours, invert), Digits and ByteLevel
-// steps. Regexes run on PCRE2 (UTF, UCP, JIT) with \s and \S pinned to Unicode's White_Space
-// property, which is what Hugging Face's Oniguruma matches.
+// steps. Regexes run on PCRE2 (UTF, UCP, JIT) after TranslateForPcre2 (regex_translate.h): \s
+// and \S pinned to Unicode's White_Space property, and general categories (\p{L}, ...) made to
+// match Hugging Face's Unicode 16 tables rather than PCRE2's Unicode 14 ones.
 #pragma once
 
 #include <memory>
@@ -44,11 +45,14 @@ class PreTokenizer {
 // A compiled PCRE2 pattern that finds all non-overlapping matches, left to right.
 class Regex {
  public:
-  // Translates \s and \S to White_Space classes, compiles with UTF + UCP and JIT.
+  // Translates the pattern (TranslateForPcre2) in both forms, compiles them with UTF + UCP and
+  // JIT. FindAll runs the faster kPcre2 form on pieces without a changed code point.
   static absl::StatusOr<std::unique_ptr<Regex>> Compile(std::string_view pattern);
   ~Regex();
-  // Every match inside text[span], appended to *out. Thread-safe.
-  void FindAll(std::string_view text, Span span, std::vector<Span>* out) const;
+  // Every match inside text[span], appended to *out. Thread-safe. `may_hold_changed_category`
+  // false says that HasChangedCategory(text[span]) is false, known without looking.
+  void FindAll(std::string_view text, Span span, std::vector<Span>* out,
+               bool may_hold_changed_category = true) const;
 
  private:
   struct Code;

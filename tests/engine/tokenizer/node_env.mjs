@@ -122,3 +122,90 @@ export function readJsonl(file) {
     .filter((l) => l.length > 0)
     .map((l) => JSON.parse(l));
 }
+
+// ---------------------------------------------------------------------------------------------
+// General categories of every code point (U+0000..U+10FFFF), from three sources, as Uint8Arrays
+// of indices into GENERAL_CATEGORIES. Used by engine/tokenizer/gen_unicode_supplement.mjs and
+// make_unicode_goldens.mjs. Surrogates are Cs in all three.
+
+export const GENERAL_CATEGORIES = [
+  "Lu", "Ll", "Lt", "Lm", "Lo", "Mn", "Mc", "Me", "Nd", "Nl", "No", "Pc", "Pd", "Ps", "Pe",
+  "Pi", "Pf", "Po", "Sm", "Sc", "Sk", "So", "Zs", "Zl", "Zp", "Cc", "Cf", "Cs", "Co", "Cn",
+];
+export const CODE_POINTS = 0x110000;
+const isSurrogate = (c) => c >= 0xd800 && c < 0xe000;
+
+// Node's own tables (ICU; process.versions.unicode says which Unicode): JavaScript \p{gc=Xx}.
+export function icuGeneralCategories() {
+  const out = new Uint8Array(CODE_POINTS);
+  const res = GENERAL_CATEGORIES.map((g) => new RegExp(`^\\p{gc=${g}}$`, "u"));
+  for (let c = 0; c < CODE_POINTS; c++) {
+    const s = String.fromCodePoint(c);
+    const g = res.findIndex((re) => re.test(s));
+    if (g < 0) throw new Error(`icu: U+${c.toString(16)} has no general category`);
+    out[c] = g;
+  }
+  return out;
+}
+
+// Hugging Face's tables: for each category Xx, a tokenizer whose only pre-tokenizer step is
+// Split(Regex "\p{Xx}", Removed) runs over every code point (64K at a time) through the Rust
+// binding's preTokenizeString; the code points that no kept piece covers are the ones HF's
+// Oniguruma puts in Xx. Every code point must land in exactly one category. About 20 s.
+export function hfGeneralCategories() {
+  const pkgDir = ensurePackage("hf-tokenizers", "tokenizers", HF_TOKENIZERS_VERSION);
+  const { Tokenizer } = createRequire(import.meta.url)(pkgDir);
+  const out = new Uint8Array(CODE_POINTS).fill(255);
+  const cs = GENERAL_CATEGORIES.indexOf("Cs");
+  for (let c = 0xd800; c < 0xe000; c++) out[c] = cs;
+  const chunk = 1 << 16;
+  for (let g = 0; g < GENERAL_CATEGORIES.length; g++) {
+    if (g === cs) continue;
+    const tokenizer = Tokenizer.fromString(
+      JSON.stringify({
+        version: "1.0",
+        truncation: null,
+        padding: null,
+        added_tokens: [],
+        normalizer: null,
+        pre_tokenizer: { type: "Split", pattern: { Regex: `\\p{${GENERAL_CATEGORIES[g]}}` }, behavior: "Removed", invert: false },
+        post_processor: null,
+        decoder: null,
+        model: { type: "WordLevel", vocab: { "[UNK]": 0 }, unk_token: "[UNK]" },
+      }),
+    );
+    const pre = tokenizer.getPreTokenizer();
+    for (let base = 0; base < CODE_POINTS; base += chunk) {
+      const cps = [];
+      for (let c = base; c < base + chunk; c++) if (!isSurrogate(c)) cps.push(c);
+      if (cps.length === 0) continue;
+      const kept = new Uint8Array(cps.length);
+      // Offsets are in code points (the binding reports char offsets).
+      for (const [, [a, b]] of pre.preTokenizeString(String.fromCodePoint(...cps))) kept.fill(1, a, b);
+      for (let k = 0; k < cps.length; k++) {
+        if (kept[k]) continue;
+        if (out[cps[k]] !== 255) throw new Error(`hf: U+${cps[k].toString(16)} is in two categories`);
+        out[cps[k]] = g;
+      }
+    }
+  }
+  const missing = out.indexOf(255);
+  if (missing >= 0) throw new Error(`hf: U+${missing.toString(16)} is in no category`);
+  return out;
+}
+
+// Python's unicodedata (Debian's /usr/bin/python3 3.11: Unicode 14.0.0, the version of
+// Debian's PCRE2 10.42 tables). Returns { version, table }.
+export function pythonGeneralCategories(python = "/usr/bin/python3") {
+  const script =
+    "import sys, unicodedata\n" +
+    `G = ${JSON.stringify(GENERAL_CATEGORIES)}\n` +
+    "sys.stdout.write(unicodedata.unidata_version + '\\n')\n" +
+    "sys.stdout.flush()\n" +
+    "sys.stdout.buffer.write(bytes(G.index(unicodedata.category(chr(c))) for c in range(0x110000)))\n";
+  const raw = execFileSync(python, ["-c", script], { maxBuffer: 4 * CODE_POINTS });
+  const nl = raw.indexOf(10);
+  const table = new Uint8Array(raw.subarray(nl + 1));
+  if (table.length !== CODE_POINTS) throw new Error(`${python}: expected ${CODE_POINTS} categories, got ${table.length}`);
+  return { version: raw.subarray(0, nl).toString("latin1"), table };
+}
