@@ -17,5 +17,6 @@ int RunBench(const Args& args);
 int RunTokenize(const Args& args);
 int RunDetokenize(const Args& args);
 int RunBenchTokenizer(const Args& args);
+int RunChatTemplate(const Args& args);
 
 }  // namespace dserve::cli

@@ -24,6 +24,7 @@ constexpr Command kCommands[] = {
     {"tokenize", dserve::cli::RunTokenize, "lines of text -> JSON arrays of token ids"},
     {"detokenize", dserve::cli::RunDetokenize, "JSON arrays of token ids -> JSON strings"},
     {"bench-tokenizer", dserve::cli::RunBenchTokenizer, "single-threaded encode throughput"},
+    {"chat-template", dserve::cli::RunChatTemplate, "render a checkpoint's chat template"},
 };
 
 void PrintUsage(FILE* out) {
