@@ -1,4 +1,5 @@
 #include "engine/chat/lexer.h"
+#include "core/utf8.h"
 
 #include <cerrno>
 #include <cstdio>

@@ -1,4 +1,5 @@
 #include "engine/chat/operators.h"
+#include "core/utf8.h"
 
 #include <cmath>
 #include <limits>

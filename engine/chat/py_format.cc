@@ -1,4 +1,5 @@
 #include "engine/chat/py_format.h"
+#include "core/utf8.h"
 
 #include <charconv>
 #include <cmath>

@@ -12,7 +12,6 @@ namespace dserve::engine::jinja {
 bool IsValidUtf8(std::string_view text);
 // Decodes text that IsValidUtf8 accepted.
 std::u32string DecodeUtf8(std::string_view text);
-void AppendUtf8(char32_t code_point, std::string* out);
 std::string EncodeUtf8(std::u32string_view text);
 // len(s): the number of code points.
 size_t CodePointCount(std::string_view text);

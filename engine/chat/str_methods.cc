@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/check.h"
 #include "engine/chat/call_args.h"
+#include "core/utf8.h"
 #include "engine/chat/errors.h"
 #include "engine/chat/methods.h"
 #include "engine/chat/py_unicode.h"

@@ -1,4 +1,5 @@
 #include "engine/chat/value.h"
+#include "core/utf8.h"
 
 #include <algorithm>
 

@@ -3,19 +3,10 @@
 #include <algorithm>
 
 #include "core/check.h"
-#include "engine/tokenizer/utf8.h"
+#include "core/utf8.h"
 
 namespace dserve::engine {
 namespace {
-
-uint32_t DecodeAt(std::string_view s, size_t i, int n) {
-  uint32_t cp = static_cast<uint8_t>(s[i]);
-  if (n > 1) {
-    cp &= 0xFF >> (n + 1);
-    for (int k = 1; k < n; ++k) cp = (cp << 6) | (static_cast<uint8_t>(s[i + k]) & 0x3F);
-  }
-  return cp;
-}
 
 // Rust's char::is_whitespace: the White_Space property.
 bool IsWhiteSpace(uint32_t c) {
@@ -140,14 +131,14 @@ void AddedTokenMatcher::SplitWith(const Trie& trie, std::string_view text,
       if (token.lstrip) {
         while (begin > pos) {
           const size_t prev = PrevCharStart(text, begin);
-          if (!IsWhiteSpace(DecodeAt(text, prev, static_cast<int>(begin - prev)))) break;
+          if (!IsWhiteSpace(DecodeCodePoint(text, prev, static_cast<int>(begin - prev)))) break;
           begin = prev;
         }
       }
       if (token.rstrip) {
         while (end < seg.span.end) {
           const int n = ValidSequenceLength(text, end);
-          if (n == 0 || !IsWhiteSpace(DecodeAt(text, end, n))) break;
+          if (n == 0 || !IsWhiteSpace(DecodeCodePoint(text, end, n))) break;
           end += n;
         }
       }

@@ -3,7 +3,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/check.h"
 #include "engine/tokenizer/byte_level.h"
-#include "engine/tokenizer/utf8.h"
+#include "core/utf8.h"
 #include "nlohmann/json.hpp"
 
 namespace dserve::engine {

@@ -1,6 +1,6 @@
 #include "engine/tokenizer/byte_level.h"
 
-#include "engine/tokenizer/utf8.h"
+#include "core/utf8.h"
 
 namespace dserve::engine {
 
@@ -38,12 +38,7 @@ bool ByteLevelToBytes(std::string_view text, std::string* bytes) {
   for (size_t i = 0; i < text.size();) {
     const int n = ValidSequenceLength(text, i);
     if (n == 0) return false;
-    uint32_t cp = static_cast<uint8_t>(text[i]);
-    if (n > 1) {
-      cp &= 0xFF >> (n + 1);
-      for (int k = 1; k < n; ++k) cp = (cp << 6) | (static_cast<uint8_t>(text[i + k]) & 0x3F);
-    }
-    const int b = CodePointToByte(cp);
+    const int b = CodePointToByte(DecodeCodePoint(text, i, n));
     if (b < 0) return false;
     bytes->push_back(static_cast<char>(b));
     i += n;

@@ -2,7 +2,7 @@
 
 #include <algorithm>
 
-#include "engine/tokenizer/utf8.h"
+#include "core/utf8.h"
 
 namespace dserve::engine {
 

@@ -2,7 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/check.h"
-#include "engine/tokenizer/utf8.h"
+#include "core/utf8.h"
 
 namespace dserve::engine {
 

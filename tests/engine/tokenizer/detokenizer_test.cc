@@ -7,7 +7,7 @@
 
 #include "engine/tokenizer/incremental_detokenizer.h"
 #include "engine/tokenizer/tokenizer.h"
-#include "engine/tokenizer/utf8.h"
+#include "core/utf8.h"
 #include "gtest/gtest.h"
 #include "models/model_generator.h"
 

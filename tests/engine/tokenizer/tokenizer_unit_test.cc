@@ -7,7 +7,7 @@
 
 #include "engine/tokenizer/bpe_tokenizer.h"
 #include "engine/tokenizer/byte_level.h"
-#include "engine/tokenizer/utf8.h"
+#include "core/utf8.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 

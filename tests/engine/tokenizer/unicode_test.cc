@@ -15,7 +15,7 @@
 #include "engine/tokenizer/pre_tokenizer.h"
 #include "engine/tokenizer/regex_translate.h"
 #include "engine/tokenizer/tokenizer.h"
-#include "engine/tokenizer/utf8.h"
+#include "core/utf8.h"
 #include "gtest/gtest.h"
 #include "models/model_generator.h"
 #include "nlohmann/json.hpp"

@@ -1,6 +1,6 @@
-#include "engine/tokenizer/utf8.h"
+#include "core/utf8.h"
 
-namespace dserve::engine {
+namespace dserve {
 namespace {
 
 // Valid range of the second byte after a lead byte (Unicode table 3-7): this is what makes
@@ -116,4 +116,4 @@ int IncompleteTailLength(std::string_view s) {
   return 0;
 }
 
-}  // namespace dserve::engine
+}  // namespace dserve
