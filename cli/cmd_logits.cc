@@ -45,17 +45,9 @@ absl::Status Run(const Flags& flags) {
               static_cast<long long>(vocab), flags.Get("out").c_str());
 
   if (want_mtp) {
-    // Row i pairs h[i] with token i+1, at position i.
-    const Tensor hidden = out.hidden.Rows(0, T - 1);
-    models::MtpInput m;
-    m.next_tokens = std::span<const int32_t>(tokens).subspan(1);
-    m.hidden = &hidden;
-    m.batch.positions = std::span<const int32_t>(positions).first(T - 1);
-    m.batch.sequences = {{0, T - 1, 0, table}};
-    m.logit_rows = std::span<const int32_t>(rows).first(T - 1);
-    m.mla_mode = s.mla_mode;
     std::vector<float> mtp_logits;
-    DSERVE_RETURN_IF_ERROR(model.ForwardMtp(m, cache, &mtp_logits));
+    DSERVE_RETURN_IF_ERROR(
+        model.ForwardMtpOverPrompt(tokens, out.hidden, table, s.mla_mode, cache, &mtp_logits));
     DSERVE_RETURN_IF_ERROR(WriteNpyFloat32(flags.Get("mtp-out"), mtp_logits, {T - 1, vocab}));
     std::printf("mtp logits [%lld, %lld] -> %s\n", static_cast<long long>(T - 1),
                 static_cast<long long>(vocab), flags.Get("mtp-out").c_str());

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <numeric>
 
 #include "absl/strings/str_cat.h"
 #include "core/check.h"
@@ -249,6 +250,29 @@ absl::Status DeepseekModel::ForwardMtp(const MtpInput& in, LatentCache& cache,
   ops_.RmsNorm(x, m.head_norm, eps, x);
   *logits = Logits(m.head, x, in.logit_rows);
   return absl::OkStatus();
+}
+
+absl::Status DeepseekModel::ForwardMtpOverPrompt(std::span<const int32_t> tokens,
+                                                 const Tensor& hidden,
+                                                 std::span<const int32_t> block_table,
+                                                 MlaMode mode, LatentCache& cache,
+                                                 std::vector<float>* logits) {
+  const int64_t T = static_cast<int64_t>(tokens.size());
+  if (T < 2) return absl::InvalidArgumentError("the MTP head needs at least 2 tokens");
+  if (hidden.dim(0) < T - 1) {
+    return absl::InvalidArgumentError("MTP input needs one main-model hidden state per token");
+  }
+  std::vector<int32_t> positions(T - 1);
+  std::iota(positions.begin(), positions.end(), 0);
+  const Tensor h = hidden.Rows(0, T - 1);
+  MtpInput m;
+  m.next_tokens = tokens.subspan(1);
+  m.hidden = &h;
+  m.batch.positions = positions;
+  m.batch.sequences = {{0, T - 1, 0, block_table}};
+  m.logit_rows = positions;  // every row; row i sits at position i
+  m.mla_mode = mode;
+  return ForwardMtp(m, cache, logits);
 }
 
 }  // namespace dserve::models

@@ -74,6 +74,11 @@ class DeepseekModel {
   // The MTP head's logits (draft distribution for the token after next_tokens).
   absl::Status ForwardMtp(const MtpInput& in, kernels::LatentCache& cache,
                           std::vector<float>* logits);
+  // The MTP head over a sequence just prefilled from position 0 (hidden: Forward's output):
+  // row i pairs hidden[i] with tokens[i + 1] at position i; logits [T - 1, vocab].
+  absl::Status ForwardMtpOverPrompt(std::span<const int32_t> tokens, const Tensor& hidden,
+                                    std::span<const int32_t> block_table, kernels::MlaMode mode,
+                                    kernels::LatentCache& cache, std::vector<float>* logits);
 
  private:
   DeepseekModel(ModelConfig config, std::unique_ptr<Checkpoint> checkpoint, ModelWeights weights,

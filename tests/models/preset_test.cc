@@ -105,7 +105,9 @@ TEST_P(PresetTest, LayoutMatchesPublishedCheckpoints) {
           << name;
     }
   }
-  if (fp8) EXPECT_GT(fp8_count, 0);
+  if (fp8) {
+    EXPECT_GT(fp8_count, 0);
+  }
   // The real names of the V3 layout, MTP layer included.
   for (const std::string& name :
        {std::string("model.layers.0.self_attn.kv_a_proj_with_mqa.weight"),
@@ -183,15 +185,10 @@ TEST_P(PresetTest, ForwardAndGreedyMatchFloat64Reference) {
         << "row " << t;
   }
   if (model.has_mtp()) {
-    const Tensor h = out.hidden.Rows(0, T - 1);
-    MtpInput m;
-    m.next_tokens = std::span<const int32_t>(prompt).subspan(1);
-    m.hidden = &h;
-    m.batch.positions = std::span<const int32_t>(positions).first(T - 1);
-    m.batch.sequences = {{0, T - 1, 0, table}};
-    m.logit_rows = std::span<const int32_t>(rows).first(T - 1);
     std::vector<float> mtp;
-    ASSERT_TRUE(model.ForwardMtp(m, cache, &mtp).ok());
+    ASSERT_TRUE(model.ForwardMtpOverPrompt(prompt, out.hidden, table, kernels::MlaMode::kAuto,
+                                           cache, &mtp)
+                    .ok());
     EXPECT_LE(RelError(mtp.data(), r.mtp_logits.data(), (T - 1) * V), kLogitTolerance);
   }
 

@@ -183,16 +183,9 @@ TEST_P(ReferenceCheckpointTest, ForwardMatchesFloat64Reference) {
 
   // The MTP head: row i combines h[i] with token i+1 at position i.
   if (!model_->has_mtp()) return;
-  const Tensor h = out.hidden.Rows(0, T - 1);
-  MtpInput m;
-  m.next_tokens = std::span<const int32_t>(tokens_).subspan(1);
-  m.hidden = &h;
-  m.batch.positions = std::span<const int32_t>(positions).first(T - 1);
-  m.batch.sequences = {{0, T - 1, 0, table}};
-  m.logit_rows = std::span<const int32_t>(rows).first(T - 1);
-  m.mla_mode = GetParam().mode;
   std::vector<float> mtp;
-  ASSERT_TRUE(model_->ForwardMtp(m, cache, &mtp).ok());
+  ASSERT_TRUE(
+      model_->ForwardMtpOverPrompt(tokens_, out.hidden, table, GetParam().mode, cache, &mtp).ok());
   const std::vector<double> ref_mtp = Ref("mtp_logits").AsDoubles();
   ASSERT_EQ(mtp.size(), ref_mtp.size());
   EXPECT_LE(RelError(mtp.data(), ref_mtp.data(), (T - 1) * V), kLogitTolerance);
