@@ -23,11 +23,6 @@ struct RopeTable {
   int64_t rope_dim = 0;
 };
 
-// Naive MLA expands the cached latents to per-head K/V (cheap per query: prefill); absorbed
-// MLA folds kv_b into the query and attends in the latent space (cheap per cached token:
-// decode). kAuto picks per sequence by arithmetic cost.
-enum class MlaMode { kAuto, kNaive, kAbsorbed };
-
 struct MlaParams {
   const AttentionBatch* batch = nullptr;
   const LatentCache* cache = nullptr;
@@ -39,7 +34,7 @@ struct MlaParams {
   int64_t v_dim = 0;
   const RopeTable* rope = nullptr;
   float softmax_scale = 1.0f;
-  MlaMode mode = MlaMode::kAuto;
+  MlaMode mode = MlaMode::kAuto;  // overrides each slice's own mode unless kAuto
 };
 
 // One routed or shared expert: a SwiGLU MLP.

@@ -13,7 +13,13 @@ namespace dserve::kernels::cpu {
 namespace {
 
 // Context tokens expanded to K/V at a time by the naive form (bounds its scratch memory).
+// Blocks start at multiples of it from the first context token and every block's softmax sums
+// and P*V products run over its full width (masked keys add exact zeros), so a query's result
+// does not depend on how its sequence was cut into chunks.
 constexpr int64_t kNaiveBlock = 256;
+// Cached tokens the absorbed form converts to F32 at a time, and queries it carries at once.
+constexpr int64_t kAbsorbedBlock = 64;
+constexpr int64_t kAbsorbedQueries = 64;
 
 // Running softmax state of one (query, head): max, sum of exp and weighted accumulator, so
 // context blocks can be folded in one after another.
@@ -80,6 +86,7 @@ Weight F32Matrix(const float* data, int64_t rows, int64_t cols) {
 
 MlaMode ChooseMlaMode(const MlaParams& p, const SequenceSlice& seq) {
   if (p.mode != MlaMode::kAuto) return p.mode;
+  if (seq.mode != MlaMode::kAuto) return seq.mode;
   const double n = static_cast<double>(seq.num_tokens);
   const double ctx = static_cast<double>(seq.cached_tokens + seq.num_tokens);
   const double kv_lora = static_cast<double>(p.cache->shape().kv_lora_rank);
@@ -100,6 +107,7 @@ void CpuOps::MlaWriteCache(const Tensor& kv_a, const Tensor& kv_norm, float eps,
   DSERVE_CHECK(layer >= 0 && layer < s.num_layers) << "layer " << layer;
   const float* w = kv_norm.data<float>();
   const int64_t half = s.rope_dim / 2;
+  std::vector<float> token(s.token_dim());
   for (const SequenceSlice& seq : batch.sequences) {
     DSERVE_CHECK(static_cast<int64_t>(seq.block_table.size()) * s.page_size >=
                  seq.cached_tokens + seq.num_tokens)
@@ -108,7 +116,7 @@ void CpuOps::MlaWriteCache(const Tensor& kv_a, const Tensor& kv_norm, float eps,
     for (int64_t i = 0; i < seq.num_tokens; ++i) {
       const int64_t row = seq.row_begin + i;
       const float* src = kv_a.data<float>() + row * kv_a.dim(1);
-      float* dst = cache.SequenceToken(layer, seq.block_table, seq.cached_tokens + i);
+      float* dst = token.data();
       const float inv = 1.0f / std::sqrt(prims_.dot(src, src, s.kv_lora_rank) /
                                              s.kv_lora_rank + eps);
       for (int64_t c = 0; c < s.kv_lora_rank; ++c) dst[c] = src[c] * inv * w[c];
@@ -116,6 +124,7 @@ void CpuOps::MlaWriteCache(const Tensor& kv_a, const Tensor& kv_norm, float eps,
       DSERVE_CHECK(pos >= 0 && pos < rope.num_positions) << "position " << pos;
       ApplyRope(src + s.kv_lora_rank, dst + s.kv_lora_rank, rope.cos + pos * half,
                 rope.sin + pos * half, s.rope_dim);
+      cache.WriteToken(layer, seq.block_table, seq.cached_tokens + i, dst);
     }
   }
 }
@@ -151,14 +160,16 @@ void CpuOps::MlaNaive(const MlaParams& p, const SequenceSlice& seq, const float*
       }
     }
   }
-  std::vector<float> latents(kNaiveBlock * s.kv_lora_rank);
-  std::vector<float> kv(kNaiveBlock * H * kvw);
+  constexpr int64_t B = kNaiveBlock;
+  const int64_t D = s.token_dim();
+  std::vector<float> tokens(B * D), latents(B * s.kv_lora_rank);
+  std::vector<float> kv(B * H * kvw);
 
-  for (int64_t j0 = 0; j0 < ctx; j0 += kNaiveBlock) {
-    const int64_t bs = std::min(kNaiveBlock, ctx - j0);
+  for (int64_t j0 = 0; j0 < ctx; j0 += B) {
+    const int64_t bs = std::min(B, ctx - j0);
+    p.cache->ReadTokens(p.layer, seq.block_table, j0, bs, tokens.data());
     for (int64_t j = 0; j < bs; ++j) {
-      const float* tok = p.cache->SequenceToken(p.layer, seq.block_table, j0 + j);
-      std::copy(tok, tok + s.kv_lora_rank, latents.data() + j * s.kv_lora_rank);
+      std::copy_n(tokens.data() + j * D, s.kv_lora_rank, latents.data() + j * s.kv_lora_rank);
     }
     // Per-head K_nope and V of this block: [bs, heads * (nope + v)].
     LinearRaw(latents.data(), bs, *p.kv_b, kv.data());
@@ -167,42 +178,41 @@ void CpuOps::MlaNaive(const MlaParams& p, const SequenceSlice& seq, const float*
     const int64_t rows = n - first;
     if (rows <= 0) continue;
     pool_.ParallelFor(H, 1, [&](int64_t hb, int64_t he) {
-      // keys [bs, qk] and values transposed [v, bs] of one head, as F32 matrices the GEMM
-      // primitive takes; scores/probabilities [rows, bs]; the P*V product [rows, v].
-      std::vector<float> keys(bs * qk), values_t(V * bs), scores(rows * bs), pv(rows * V);
+      // keys [bs, qk] and values transposed [v, B] (zero past bs) of one head, as F32
+      // matrices the GEMM primitive takes; scores/probabilities [rows, B]; P*V [rows, v].
+      std::vector<float> keys(bs * qk), values_t(V * B, 0.0f), scores(rows * B), pv(rows * V);
       for (int64_t h = hb; h < he; ++h) {
         for (int64_t j = 0; j < bs; ++j) {
           const float* kvj = kv.data() + (j * H + h) * kvw;
-          const float* pe = p.cache->SequenceToken(p.layer, seq.block_table, j0 + j) +
-                            s.kv_lora_rank;
+          const float* pe = tokens.data() + j * D + s.kv_lora_rank;
           std::copy(kvj, kvj + p.nope_dim, keys.data() + j * qk);
           std::copy(pe, pe + p.rope_dim, keys.data() + j * qk + p.nope_dim);
-          for (int64_t d = 0; d < V; ++d) values_t[d * bs + j] = kvj[p.nope_dim + d];
+          for (int64_t d = 0; d < V; ++d) values_t[d * B + j] = kvj[p.nope_dim + d];
         }
         const float* qh = queries.data() + (h * n + first) * qk;
         const Weight key_matrix = F32Matrix(keys.data(), bs, qk);
         for (int64_t r0 = 0; r0 < bs; r0 += prims_.panel_rows) {
           prims_.gemm_rows(key_matrix, r0, std::min(bs, r0 + prims_.panel_rows), qh, qk, rows,
-                           scores.data() + r0, bs);
+                           scores.data() + r0, B);
         }
         for (int64_t i = 0; i < rows; ++i) {
-          float* srow = scores.data() + i * bs;
+          float* srow = scores.data() + i * B;
           const int64_t visible = std::min(bs, seq.cached_tokens + first + i - j0 + 1);
-          std::fill(srow + visible, srow + bs, kNegInf);
+          std::fill(srow + visible, srow + B, kNegInf);
           float* m = &row_max[h * n + first + i];
           const float block_max = *std::max_element(srow, srow + visible);
           const float new_max = std::max(*m, block_max);
           const float rescale = std::exp(*m - new_max);  // 0 on the first block
           row_sum[h * n + first + i] =
-              row_sum[h * n + first + i] * rescale + prims_.exp_shifted(srow, bs, new_max);
+              row_sum[h * n + first + i] * rescale + prims_.exp_shifted(srow, B, new_max);
           *m = new_max;
           float* a = acc.data() + (h * n + first + i) * V;
           for (int64_t d = 0; d < V; ++d) a[d] *= rescale;
         }
-        const Weight value_matrix = F32Matrix(values_t.data(), V, bs);
+        const Weight value_matrix = F32Matrix(values_t.data(), V, B);
         for (int64_t d0 = 0; d0 < V; d0 += prims_.panel_rows) {
           prims_.gemm_rows(value_matrix, d0, std::min(V, d0 + prims_.panel_rows), scores.data(),
-                           bs, rows, pv.data() + d0, V);
+                           B, rows, pv.data() + d0, V);
         }
         for (int64_t i = 0; i < rows; ++i) {
           float* a = acc.data() + (h * n + first + i) * V;
@@ -225,45 +235,67 @@ void CpuOps::MlaNaive(const MlaParams& p, const SequenceSlice& seq, const float*
 void CpuOps::MlaAbsorbed(const MlaParams& p, const SequenceSlice& seq, const float* q,
                          float* out) {
   const LatentCacheShape& s = p.cache->shape();
-  const int64_t H = p.num_heads, n = seq.num_tokens, L = s.kv_lora_rank;
+  const int64_t H = p.num_heads, n = seq.num_tokens, L = s.kv_lora_rank, D = s.token_dim();
   const int64_t qk = p.nope_dim + p.rope_dim, kvw = p.nope_dim + p.v_dim;
   const std::vector<float> rq = RotatedQueries(p, seq, q);
 
+  // Every (head, query) walks its keys in order 0..cached + i whatever the blocking, so the
+  // result is the same however the sequence's queries were chunked.
   const int64_t per_head = n * seq.cached_tokens + n * n;
   pool_.ParallelFor(H, GrainFor(per_head * 2 * L + L * kvw), [&](int64_t b, int64_t e) {
-    std::vector<float> w_uk(p.nope_dim * L);
-    std::vector<float> q_lat(L), o_lat(L);
-    for (int64_t h = b; h < e; ++h) {
-      // W_UK of this head: kv_b rows [h * kvw, h * kvw + nope); its W_UV follows.
-      prims_.decode_rows(*p.kv_b, h * kvw, h * kvw + p.nope_dim, w_uk.data());
-      for (int64_t i = 0; i < n; ++i) {
-        const float* qv = rq.data() + (i * H + h) * qk;
-        // q_lat = W_UK^T q_nope: the query moved into the latent space.
-        std::fill(q_lat.begin(), q_lat.end(), 0.0f);
-        for (int64_t d = 0; d < p.nope_dim; ++d) {
-          prims_.axpy(qv[d], w_uk.data() + d * L, q_lat.data(), L);
+    const int64_t heads = e - b;
+    std::vector<float> w_uk(p.nope_dim * L), keys(kAbsorbedBlock * D);
+    for (int64_t i0 = 0; i0 < n; i0 += kAbsorbedQueries) {
+      const int64_t m = std::min(kAbsorbedQueries, n - i0);
+      // Per (head, query): the query in latent space, the running latent output and softmax.
+      std::vector<float> q_lat(heads * m * L, 0.0f), o_lat(heads * m * L, 0.0f);
+      std::vector<OnlineSoftmax> sm(heads * m);
+      for (int64_t h = b; h < e; ++h) {
+        // W_UK of this head: kv_b rows [h * kvw, h * kvw + nope); its W_UV follows.
+        prims_.decode_rows(*p.kv_b, h * kvw, h * kvw + p.nope_dim, w_uk.data());
+        for (int64_t i = 0; i < m; ++i) {
+          const float* qv = rq.data() + ((i0 + i) * H + h) * qk;
+          // q_lat = W_UK^T q_nope: the query moved into the latent space.
+          float* ql = q_lat.data() + ((h - b) * m + i) * L;
+          for (int64_t d = 0; d < p.nope_dim; ++d) prims_.axpy(qv[d], w_uk.data() + d * L, ql, L);
         }
-        OnlineSoftmax sm;
-        std::fill(o_lat.begin(), o_lat.end(), 0.0f);
-        const int64_t last = seq.cached_tokens + i;
-        for (int64_t j = 0; j <= last; ++j) {
-          const float* tok = p.cache->SequenceToken(p.layer, seq.block_table, j);
-          const float score = (prims_.dot(q_lat.data(), tok, L) +
-                               prims_.dot(qv + p.nope_dim, tok + L, p.rope_dim)) *
-                              p.softmax_scale;
-          float scale, weight;
-          sm.Add(score, &scale, &weight);
-          if (scale != 1.0f) {
-            for (int64_t c = 0; c < L; ++c) o_lat[c] *= scale;
+      }
+      const int64_t ctx = seq.cached_tokens + i0 + m;  // keys the group's last query sees
+      for (int64_t j0 = 0; j0 < ctx; j0 += kAbsorbedBlock) {
+        const int64_t bs = std::min(kAbsorbedBlock, ctx - j0);
+        p.cache->ReadTokens(p.layer, seq.block_table, j0, bs, keys.data());
+        for (int64_t h = b; h < e; ++h) {
+          for (int64_t i = 0; i < m; ++i) {
+            const float* qv = rq.data() + ((i0 + i) * H + h) * qk;
+            const int64_t state = (h - b) * m + i;
+            const float* ql = q_lat.data() + state * L;
+            float* ol = o_lat.data() + state * L;
+            const int64_t end = std::min(j0 + bs, seq.cached_tokens + i0 + i + 1);
+            for (int64_t j = j0; j < end; ++j) {
+              const float* tok = keys.data() + (j - j0) * D;
+              const float score =
+                  (prims_.dot(ql, tok, L) + prims_.dot(qv + p.nope_dim, tok + L, p.rope_dim)) *
+                  p.softmax_scale;
+              float scale, weight;
+              sm[state].Add(score, &scale, &weight);
+              if (scale != 1.0f) {
+                for (int64_t c = 0; c < L; ++c) ol[c] *= scale;
+              }
+              prims_.axpy(weight, tok, ol, L);
+            }
           }
-          prims_.axpy(weight, tok, o_lat.data(), L);
         }
-        const float inv = 1.0f / sm.sum;
-        for (int64_t c = 0; c < L; ++c) o_lat[c] *= inv;
-        // out = W_UV o_lat: the latent output brought back to this head's value space.
-        float* o = out + ((seq.row_begin + i) * H + h) * p.v_dim;
-        prims_.gemv_rows(*p.kv_b, h * kvw + p.nope_dim, h * kvw + kvw, o_lat.data(), L, 1, o,
-                         p.v_dim);
+      }
+      for (int64_t h = b; h < e; ++h) {
+        for (int64_t i = 0; i < m; ++i) {
+          const int64_t state = (h - b) * m + i;
+          float* ol = o_lat.data() + state * L;
+          const float inv = 1.0f / sm[state].sum;
+          for (int64_t c = 0; c < L; ++c) ol[c] *= inv;
+          // out = W_UV o_lat: the latent output brought back to this head's value space.
+          float* o = out + ((seq.row_begin + i0 + i) * H + h) * p.v_dim;
+          prims_.gemv_rows(*p.kv_b, h * kvw + p.nope_dim, h * kvw + kvw, ol, L, 1, o, p.v_dim);
+        }
       }
     }
   });

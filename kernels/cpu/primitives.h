@@ -18,7 +18,8 @@ struct Primitives {
   void (*gemv_rows)(const Weight& w, int64_t row_begin, int64_t row_end, const float* x,
                     int64_t ldx, int64_t T, float* y, int64_t ldy);
   // The same for many tokens and at most panel_rows rows: decodes the rows once, then runs
-  // register-tiled products over all T tokens (prefill-time matrix products).
+  // register-tiled products over all T tokens (prefill-time matrix products). Bit-identical
+  // to gemv_rows for every token, so results never depend on the batch a token is in.
   void (*gemm_rows)(const Weight& w, int64_t row_begin, int64_t row_end, const float* x,
                     int64_t ldx, int64_t T, float* y, int64_t ldy);
   // dst[(r - row_begin) * w.cols + c] = W[r][c] as F32, scales applied.
