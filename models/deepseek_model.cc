@@ -186,21 +186,24 @@ void DeepseekModel::Block(const BlockWeights& w, int layer, int cache_layer, con
   }
 }
 
-std::vector<float> DeepseekModel::Logits(const Weight& head, const Tensor& x,
-                                         std::span<const int32_t> rows) {
+void DeepseekModel::Logits(const Weight& head, const Tensor& x, std::span<const int32_t> rows,
+                           std::vector<float>* logits) {
   const int64_t n = static_cast<int64_t>(rows.size());
-  std::vector<float> logits(n * config_.vocab_size);
-  if (n == 0) return logits;
+  // Reuses the caller's capacity: a step's logits are megabytes, and fresh allocations of
+  // that size cost page faults every step.
+  logits->resize(n * config_.vocab_size);
+  if (n == 0) return;
   Tensor picked = ops_.Empty(DType::kF32, {n, config_.hidden_size});
   for (int64_t i = 0; i < n; ++i) {
     std::memcpy(picked.data<float>() + i * config_.hidden_size,
                 x.data<float>() + rows[i] * config_.hidden_size,
                 config_.hidden_size * sizeof(float));
   }
-  Tensor out = ops_.Empty(DType::kF32, {n, config_.vocab_size});
+  // The LM head writes straight into the result (host memory on the CPU backend).
+  Tensor out(std::make_shared<Buffer>(logits->data(), logits->size() * sizeof(float),
+                                      Device::kCpu, nullptr),
+             DType::kF32, {n, config_.vocab_size});
   ops_.Linear(picked, head, out);
-  std::memcpy(logits.data(), out.data<float>(), logits.size() * sizeof(float));
-  return logits;
 }
 
 absl::Status DeepseekModel::Forward(const ForwardInput& in, LatentCache& cache,
@@ -216,7 +219,7 @@ absl::Status DeepseekModel::Forward(const ForwardInput& in, LatentCache& cache,
   }
   out->hidden = ops_.Empty(DType::kF32, {T, c.hidden_size});
   ops_.RmsNorm(x, weights_.final_norm, static_cast<float>(c.rms_norm_eps), out->hidden);
-  out->logits = Logits(weights_.lm_head, out->hidden, in.logit_rows);
+  Logits(weights_.lm_head, out->hidden, in.logit_rows, &out->logits);
   return absl::OkStatus();
 }
 
@@ -248,7 +251,7 @@ absl::Status DeepseekModel::ForwardMtp(const MtpInput& in, LatentCache& cache,
   const Step step = MakeStep(in.batch, in.mla_mode, cache, in.trace);
   Block(m.block, c.num_hidden_layers, mtp_cache_layer(), step, x);
   ops_.RmsNorm(x, m.head_norm, eps, x);
-  *logits = Logits(m.head, x, in.logit_rows);
+  Logits(m.head, x, in.logit_rows, logits);
   return absl::OkStatus();
 }
 

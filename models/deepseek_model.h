@@ -38,7 +38,7 @@ struct ForwardInput {
 };
 
 struct ForwardOutput {
-  std::vector<float> logits;  // [logit_rows.size(), vocab], host memory
+  std::vector<float> logits;  // [logit_rows.size(), vocab], host memory (capacity reused)
   Tensor hidden;              // [T, hidden]: the last hidden state after model.norm
 };
 
@@ -101,8 +101,9 @@ class DeepseekModel {
   void Block(const BlockWeights& w, int layer, int cache_layer, const Step& step, Tensor& x);
   Tensor Attention(const AttentionWeights& w, int cache_layer, const Step& step, const Tensor& h);
   Tensor Mlp(const MlpWeights& w, const Tensor& h);
-  // Logits of the chosen rows of x (already normed) through `head`.
-  std::vector<float> Logits(const Weight& head, const Tensor& x, std::span<const int32_t> rows);
+  // Logits of the chosen rows of x (already normed) through `head`, into *logits.
+  void Logits(const Weight& head, const Tensor& x, std::span<const int32_t> rows,
+              std::vector<float>* logits);
 
   ModelConfig config_;
   std::unique_ptr<Checkpoint> checkpoint_;

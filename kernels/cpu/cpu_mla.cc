@@ -17,29 +17,11 @@ namespace {
 // and P*V products run over its full width (masked keys add exact zeros), so a query's result
 // does not depend on how its sequence was cut into chunks.
 constexpr int64_t kNaiveBlock = 256;
-// Cached tokens the absorbed form converts to F32 at a time, and queries it carries at once.
+// Cached tokens the absorbed form converts to F32 and scores at a time (blocks aligned from
+// the first context token, softmax sums over the full width: chunking-independent), and
+// queries it carries at once.
 constexpr int64_t kAbsorbedBlock = 64;
 constexpr int64_t kAbsorbedQueries = 64;
-
-// Running softmax state of one (query, head): max, sum of exp and weighted accumulator, so
-// context blocks can be folded in one after another.
-struct OnlineSoftmax {
-  float max = -std::numeric_limits<float>::infinity();
-  float sum = 0.0f;
-
-  // Rescale factor for the accumulator and weight for a new score.
-  void Add(float score, float* acc_scale, float* weight) {
-    if (score > max) {
-      *acc_scale = std::exp(max - score);
-      sum *= *acc_scale;
-      max = score;
-    } else {
-      *acc_scale = 1.0f;
-    }
-    *weight = std::exp(score - max);
-    sum += *weight;
-  }
-};
 
 void CheckParams(const MlaParams& p, const Tensor& q, const Tensor& out) {
   DSERVE_CHECK(p.batch && p.cache && p.kv_b && p.rope) << "MlaParams incomplete";
@@ -131,14 +113,31 @@ void CpuOps::MlaWriteCache(const Tensor& kv_a, const Tensor& kv_norm, float eps,
 
 void CpuOps::MlaAttention(const MlaParams& p, const Tensor& q, Tensor& out) {
   CheckParams(p, q, out);
+  std::vector<const SequenceSlice*> absorbed;
   for (const SequenceSlice& seq : p.batch->sequences) {
     if (seq.num_tokens == 0) continue;
     if (ChooseMlaMode(p, seq) == MlaMode::kNaive) {
       MlaNaive(p, seq, q.data<float>(), out.data<float>());
     } else {
-      MlaAbsorbed(p, seq, q.data<float>(), out.data<float>());
+      absorbed.push_back(&seq);
     }
   }
+  if (absorbed.empty()) return;
+  // One parallel loop over every absorbed slice (decode rows, mostly): per slice with all
+  // heads when there are enough slices to go round (its cached latents are then converted
+  // once), else per (slice, head).
+  const int64_t S = static_cast<int64_t>(absorbed.size()), H = p.num_heads;
+  const bool split_heads = S < pool_.size();
+  pool_.ParallelFor(split_heads ? S * H : S, 1, [&](int64_t b, int64_t e) {
+    for (int64_t item = b; item < e; ++item) {
+      if (split_heads) {
+        MlaAbsorbed(p, *absorbed[item / H], item % H, item % H + 1, q.data<float>(),
+                    out.data<float>());
+      } else {
+        MlaAbsorbed(p, *absorbed[item], 0, H, q.data<float>(), out.data<float>());
+      }
+    }
+  });
 }
 
 void CpuOps::MlaNaive(const MlaParams& p, const SequenceSlice& seq, const float* q, float* out) {
@@ -232,73 +231,78 @@ void CpuOps::MlaNaive(const MlaParams& p, const SequenceSlice& seq, const float*
   }
 }
 
-void CpuOps::MlaAbsorbed(const MlaParams& p, const SequenceSlice& seq, const float* q,
-                         float* out) {
+void CpuOps::MlaAbsorbed(const MlaParams& p, const SequenceSlice& seq, int64_t head_begin,
+                         int64_t head_end, const float* q, float* out) {
   const LatentCacheShape& s = p.cache->shape();
   const int64_t H = p.num_heads, n = seq.num_tokens, L = s.kv_lora_rank, D = s.token_dim();
   const int64_t qk = p.nope_dim + p.rope_dim, kvw = p.nope_dim + p.v_dim;
+  constexpr int64_t B = kAbsorbedBlock;
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
   const std::vector<float> rq = RotatedQueries(p, seq, q);
+  const int64_t heads = head_end - head_begin;
 
-  // Every (head, query) walks its keys in order 0..cached + i whatever the blocking, so the
-  // result is the same however the sequence's queries were chunked.
-  const int64_t per_head = n * seq.cached_tokens + n * n;
-  pool_.ParallelFor(H, GrainFor(per_head * 2 * L + L * kvw), [&](int64_t b, int64_t e) {
-    const int64_t heads = e - b;
-    std::vector<float> w_uk(p.nope_dim * L), keys(kAbsorbedBlock * D);
-    for (int64_t i0 = 0; i0 < n; i0 += kAbsorbedQueries) {
-      const int64_t m = std::min(kAbsorbedQueries, n - i0);
-      // Per (head, query): the query in latent space, the running latent output and softmax.
-      std::vector<float> q_lat(heads * m * L, 0.0f), o_lat(heads * m * L, 0.0f);
-      std::vector<OnlineSoftmax> sm(heads * m);
-      for (int64_t h = b; h < e; ++h) {
-        // W_UK of this head: kv_b rows [h * kvw, h * kvw + nope); its W_UV follows.
-        prims_.decode_rows(*p.kv_b, h * kvw, h * kvw + p.nope_dim, w_uk.data());
-        for (int64_t i = 0; i < m; ++i) {
-          const float* qv = rq.data() + ((i0 + i) * H + h) * qk;
-          // q_lat = W_UK^T q_nope: the query moved into the latent space.
-          float* ql = q_lat.data() + ((h - b) * m + i) * L;
-          for (int64_t d = 0; d < p.nope_dim; ++d) prims_.axpy(qv[d], w_uk.data() + d * L, ql, L);
-        }
+  std::vector<float> w_uk(p.nope_dim * L), keys(B * D);
+  for (int64_t i0 = 0; i0 < n; i0 += kAbsorbedQueries) {
+    const int64_t m = std::min(kAbsorbedQueries, n - i0);
+    // Per (head, query): [q_lat | q_rope] * softmax scale (scored against [latent | k_pe] in
+    // one product), the running latent output, row max and row sum.
+    std::vector<float> qcat(heads * m * D, 0.0f), o_lat(heads * m * L, 0.0f);
+    std::vector<float> row_max(heads * m, kNegInf), row_sum(heads * m, 0.0f);
+    std::vector<float> scores(m * B);
+    for (int64_t h = head_begin; h < head_end; ++h) {
+      // W_UK of this head: kv_b rows [h * kvw, h * kvw + nope); its W_UV follows.
+      prims_.decode_rows(*p.kv_b, h * kvw, h * kvw + p.nope_dim, w_uk.data());
+      for (int64_t i = 0; i < m; ++i) {
+        const float* qv = rq.data() + ((i0 + i) * H + h) * qk;
+        float* qc = qcat.data() + ((h - head_begin) * m + i) * D;
+        // q_lat = W_UK^T q_nope: the query moved into the latent space.
+        for (int64_t d = 0; d < p.nope_dim; ++d) prims_.axpy(qv[d], w_uk.data() + d * L, qc, L);
+        for (int64_t c = 0; c < L; ++c) qc[c] *= p.softmax_scale;
+        for (int64_t c = 0; c < p.rope_dim; ++c) qc[L + c] = qv[p.nope_dim + c] * p.softmax_scale;
       }
-      const int64_t ctx = seq.cached_tokens + i0 + m;  // keys the group's last query sees
-      for (int64_t j0 = 0; j0 < ctx; j0 += kAbsorbedBlock) {
-        const int64_t bs = std::min(kAbsorbedBlock, ctx - j0);
-        p.cache->ReadTokens(p.layer, seq.block_table, j0, bs, keys.data());
-        for (int64_t h = b; h < e; ++h) {
-          for (int64_t i = 0; i < m; ++i) {
-            const float* qv = rq.data() + ((i0 + i) * H + h) * qk;
-            const int64_t state = (h - b) * m + i;
-            const float* ql = q_lat.data() + state * L;
-            float* ol = o_lat.data() + state * L;
-            const int64_t end = std::min(j0 + bs, seq.cached_tokens + i0 + i + 1);
-            for (int64_t j = j0; j < end; ++j) {
-              const float* tok = keys.data() + (j - j0) * D;
-              const float score =
-                  (prims_.dot(ql, tok, L) + prims_.dot(qv + p.nope_dim, tok + L, p.rope_dim)) *
-                  p.softmax_scale;
-              float scale, weight;
-              sm[state].Add(score, &scale, &weight);
-              if (scale != 1.0f) {
-                for (int64_t c = 0; c < L; ++c) ol[c] *= scale;
-              }
-              prims_.axpy(weight, tok, ol, L);
-            }
-          }
-        }
-      }
-      for (int64_t h = b; h < e; ++h) {
-        for (int64_t i = 0; i < m; ++i) {
-          const int64_t state = (h - b) * m + i;
+    }
+    const int64_t ctx = seq.cached_tokens + i0 + m;  // keys the group's last query sees
+    for (int64_t j0 = 0; j0 < ctx; j0 += B) {
+      const int64_t bs = std::min(B, ctx - j0);
+      p.cache->ReadTokens(p.layer, seq.block_table, j0, bs, keys.data());
+      const Weight key_matrix = F32Matrix(keys.data(), bs, D);
+      // Queries that see at least one key of the block.
+      const int64_t first = std::max<int64_t>(0, j0 - seq.cached_tokens - i0);
+      for (int64_t h = 0; h < heads; ++h) {
+        const int64_t rows = m - first;
+        prims_.gemv_rows(key_matrix, 0, bs, qcat.data() + (h * m + first) * D, D, rows,
+                         scores.data(), B);
+        for (int64_t i = 0; i < rows; ++i) {
+          const int64_t qi = first + i, state = h * m + qi;
+          float* srow = scores.data() + i * B;
+          const int64_t visible = std::min(bs, seq.cached_tokens + i0 + qi - j0 + 1);
+          std::fill(srow + visible, srow + B, kNegInf);
+          const float new_max = std::max(row_max[state], *std::max_element(srow, srow + visible));
+          const float rescale = std::exp(row_max[state] - new_max);  // 0 on the first block
+          row_sum[state] = row_sum[state] * rescale + prims_.exp_shifted(srow, B, new_max);
+          row_max[state] = new_max;
           float* ol = o_lat.data() + state * L;
-          const float inv = 1.0f / sm[state].sum;
-          for (int64_t c = 0; c < L; ++c) ol[c] *= inv;
-          // out = W_UV o_lat: the latent output brought back to this head's value space.
-          float* o = out + ((seq.row_begin + i0 + i) * H + h) * p.v_dim;
-          prims_.gemv_rows(*p.kv_b, h * kvw + p.nope_dim, h * kvw + kvw, ol, L, 1, o, p.v_dim);
+          if (rescale != 1.0f) {
+            for (int64_t c = 0; c < L; ++c) ol[c] *= rescale;
+          }
+          for (int64_t j = 0; j < visible; ++j) prims_.axpy(srow[j], keys.data() + j * D, ol, L);
         }
       }
     }
-  });
+    for (int64_t h = 0; h < heads; ++h) {
+      for (int64_t i = 0; i < m; ++i) {
+        const int64_t state = h * m + i;
+        float* ol = o_lat.data() + state * L;
+        const float inv = 1.0f / row_sum[state];
+        for (int64_t c = 0; c < L; ++c) ol[c] *= inv;
+        // out = W_UV o_lat: the latent output brought back to this head's value space.
+        const int64_t head = head_begin + h;
+        float* o = out + ((seq.row_begin + i0 + i) * H + head) * p.v_dim;
+        prims_.gemv_rows(*p.kv_b, head * kvw + p.nope_dim, head * kvw + kvw, ol, L, 1, o,
+                         p.v_dim);
+      }
+    }
+  }
 }
 
 }  // namespace dserve::kernels::cpu

@@ -45,7 +45,10 @@ class CpuOps final : public Ops {
   // Linear on raw row-major F32 buffers: y[T, w.rows] = x[T, w.cols] * W^T.
   void LinearRaw(const float* x, int64_t T, const Weight& w, float* y);
   void MlaNaive(const MlaParams& p, const SequenceSlice& seq, const float* q, float* out);
-  void MlaAbsorbed(const MlaParams& p, const SequenceSlice& seq, const float* q, float* out);
+  // Heads [head_begin, head_end) of one slice, single-threaded (MlaAttention spreads slices
+  // and heads over the pool).
+  void MlaAbsorbed(const MlaParams& p, const SequenceSlice& seq, int64_t head_begin,
+                   int64_t head_end, const float* q, float* out);
 
   ThreadPool pool_;
   const Primitives& prims_;
