@@ -1,0 +1,301 @@
+#include "engine/engine_core.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <random>
+
+#include "absl/strings/str_cat.h"
+#include "core/check.h"
+
+namespace dserve::engine {
+namespace {
+
+// Sample i of a request draws from SequenceRng(seed + i * kSeedStride): distinct streams.
+constexpr uint64_t kSeedStride = 0x9E3779B97F4A7C15ull;
+
+double Seconds(std::chrono::steady_clock::time_point a, std::chrono::steady_clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
+
+}  // namespace
+
+std::string_view FinishReasonName(FinishReason reason) {
+  switch (reason) {
+    case FinishReason::kNone: return "none";
+    case FinishReason::kStop: return "stop";
+    case FinishReason::kLength: return "length";
+    case FinishReason::kCancelled: return "cancelled";
+    case FinishReason::kError: return "error";
+  }
+  return "unknown";
+}
+
+absl::StatusOr<std::unique_ptr<EngineCore>> EngineCore::Create(models::DeepseekModel& model,
+                                                               const Tokenizer* tokenizer,
+                                                               const EngineConfig& config) {
+  if (config.page_size < 1) return absl::InvalidArgumentError("page size must be >= 1");
+  if (config.kv_dtype != DType::kBF16 && config.kv_dtype != DType::kF32) {
+    return absl::InvalidArgumentError("the KV cache dtype must be bf16 or f32");
+  }
+  if (config.scheduler.max_batched_tokens < 1 || config.scheduler.max_num_seqs < 1) {
+    return absl::InvalidArgumentError("--max-batched-tokens and --max-num-seqs must be >= 1");
+  }
+  kernels::LatentCacheShape shape = model.CacheShape(1, config.page_size);
+  shape.dtype = config.kv_dtype;
+  int64_t pages = config.num_pages;
+  if (pages <= 0) {
+    if (!(config.kv_cache_gb > 0)) return absl::InvalidArgumentError("--kv-cache-gb must be > 0");
+    pages = static_cast<int64_t>(config.kv_cache_gb * (1ull << 30) / shape.page_bytes());
+  }
+  if (pages < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--kv-cache-gb ", config.kv_cache_gb, " holds no page of ", config.page_size,
+        " tokens (", shape.page_bytes(), " bytes each)"));
+  }
+  return std::unique_ptr<EngineCore>(new EngineCore(model, tokenizer, config, pages));
+}
+
+EngineCore::EngineCore(models::DeepseekModel& model, const Tokenizer* tokenizer,
+                       const EngineConfig& config, int64_t num_pages)
+    : model_(model),
+      tokenizer_(tokenizer),
+      config_(config),
+      sample_pool_(std::max(1, config.sampler_threads)) {
+  kernels::LatentCacheShape shape = model.CacheShape(num_pages, config.page_size);
+  shape.dtype = config.kv_dtype;
+  cache_ = kernels::LatentCache(shape);
+  kv_ = std::make_unique<KvCacheManager>(
+      KvCacheConfig{num_pages, config.page_size, config.enable_prefix_caching},
+      [this](int32_t src, int32_t dst) { cache_.CopyPage(src, dst); });
+  scheduler_ = std::make_unique<Scheduler>(config.scheduler, *kv_);
+  runner_ = std::make_unique<ModelRunner>(model, cache_, *kv_, config.mla_mode);
+}
+
+absl::Status EngineCore::Validate(const Request& r) const {
+  const models::ModelConfig& c = model_.config();
+  DSERVE_RETURN_IF_ERROR(r.params.Validate(c.vocab_size));
+  if (r.prompt.empty()) return absl::InvalidArgumentError("the prompt has no tokens");
+  for (size_t i = 0; i < r.prompt.size(); ++i) {
+    if (r.prompt[i] < 0 || r.prompt[i] >= c.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat("prompt token ", i, " is ", r.prompt[i],
+                                                     ", outside the vocabulary [0, ",
+                                                     c.vocab_size, ")"));
+    }
+  }
+  const int64_t total = static_cast<int64_t>(r.prompt.size()) + r.params.max_tokens;
+  if (total > c.max_position_embeddings) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the prompt (", r.prompt.size(), " tokens) plus max_tokens (", r.params.max_tokens,
+        ") is ", total, " tokens, beyond the model's context of ", c.max_position_embeddings));
+  }
+  const int64_t pages = (total + kv_->page_size() - 1) / kv_->page_size();
+  if (pages > kv_->num_pages()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the prompt plus max_tokens needs ", pages, " KV-cache pages of ", kv_->page_size(),
+        " tokens; the cache has ", kv_->num_pages(), " (raise --kv-cache-gb)"));
+  }
+  if (!r.params.stop.empty() && (!tokenizer_ || !r.detokenize)) {
+    return absl::InvalidArgumentError("stop strings need the engine's tokenizer and detokenize");
+  }
+  return absl::OkStatus();
+}
+
+std::unique_ptr<Sequence> EngineCore::NewSequence(const std::shared_ptr<RequestState>& request,
+                                                  int index) {
+  auto seq = std::make_unique<Sequence>(next_sequence_++, request, index,
+                                        request->seed + index * kSeedStride);
+  const SamplingParams& p = request->request.params;
+  if (tokenizer_ && request->request.detokenize) {
+    seq->detokenizer =
+        std::make_unique<IncrementalDetokenizer>(*tokenizer_, p.skip_special_tokens, p.stop);
+  }
+  ++request->live_samples;
+  return seq;
+}
+
+absl::Status EngineCore::Add(RequestId id, Request request) {
+  DSERVE_RETURN_IF_ERROR(Validate(request));
+  if (requests_.contains(id)) {
+    return absl::AlreadyExistsError(absl::StrCat("request ", id, " is already running"));
+  }
+  auto state = std::make_shared<RequestState>();
+  state->id = id;
+  state->seed = request.params.seed ? *request.params.seed : std::random_device()() * 0x100000001ull;
+  state->request = std::move(request);
+  std::unique_ptr<Sequence> seq = NewSequence(state, 0);
+  scheduler_->AddWaiting(seq.get());
+  sequences_[seq->id] = std::move(seq);
+  requests_[id] = std::move(state);
+  return absl::OkStatus();
+}
+
+void EngineCore::Cancel(RequestId id) {
+  auto it = requests_.find(id);
+  if (it == requests_.end()) return;
+  std::shared_ptr<RequestState> r = it->second;
+  std::vector<int64_t> ids;
+  for (const auto& [sid, seq] : sequences_) {
+    if (seq->request == r) ids.push_back(sid);
+  }
+  std::sort(ids.begin(), ids.end());
+  for (int64_t sid : ids) {
+    Sequence& seq = *sequences_[sid];
+    RequestOutput out;
+    out.request = id;
+    out.index = seq.index;
+    seq.finish = FinishReason::kCancelled;
+    out.finish = FinishReason::kCancelled;
+    Finish(seq, out);
+    pending_.push_back(std::move(out));
+    sequences_.erase(sid);
+  }
+}
+
+std::vector<int32_t> EngineCore::BannedIds(const Sequence& seq) const {
+  const SamplingParams& p = seq.params();
+  if (seq.generated() >= p.min_tokens) return {};
+  std::vector<int32_t> banned = p.stop_token_ids;
+  if (!p.ignore_eos) banned.push_back(static_cast<int32_t>(model_.config().eos_token_id));
+  std::sort(banned.begin(), banned.end());
+  banned.erase(std::unique(banned.begin(), banned.end()), banned.end());
+  return banned;
+}
+
+void EngineCore::Finish(Sequence& seq, RequestOutput& out) {
+  scheduler_->Remove(&seq);
+  RequestState& r = *seq.request;
+  if (--r.live_samples == 0) {
+    out.request_finished = true;
+    out.usage.prompt_tokens = static_cast<int64_t>(r.request.prompt.size());
+    out.usage.completion_tokens = r.completion_tokens;
+    out.usage.cached_prompt_tokens = r.cached_prompt_tokens;
+    requests_.erase(r.id);
+  }
+}
+
+void EngineCore::Accept(Sequence& seq, const SampledToken& sampled,
+                        std::vector<RequestOutput>* outputs) {
+  const SamplingParams& p = seq.params();
+  const int32_t t = sampled.token;
+  seq.tokens.push_back(t);
+  seq.penalties.Add(t);
+  ++seq.request->completion_tokens;
+  RequestOutput out;
+  out.request = seq.request->id;
+  out.index = seq.index;
+  out.tokens.push_back(t);
+  if (p.logprobs) out.logprobs.push_back(sampled);
+  FinishReason reason = FinishReason::kNone;
+  const bool is_eos = t == model_.config().eos_token_id;
+  if ((is_eos && !p.ignore_eos) ||
+      std::find(p.stop_token_ids.begin(), p.stop_token_ids.end(), t) != p.stop_token_ids.end()) {
+    reason = FinishReason::kStop;  // the stop token's text is not part of the output
+    out.stop_token = t;
+  } else if (seq.detokenizer) {
+    IncrementalDetokenizer::Delta delta = seq.detokenizer->Add(t);
+    out.text = std::move(delta.text);
+    if (delta.stopped) {
+      reason = FinishReason::kStop;
+      out.stop_index = delta.stop_index;
+    }
+  }
+  if (reason == FinishReason::kNone && seq.generated() >= p.max_tokens) {
+    reason = FinishReason::kLength;
+  }
+  if (reason != FinishReason::kNone) {
+    if (seq.detokenizer && !out.stop_index) out.text += seq.detokenizer->Finish().text;
+    seq.finish = reason;
+    out.finish = reason;
+    Finish(seq, out);
+  }
+  outputs->push_back(std::move(out));
+}
+
+void EngineCore::Fork(Sequence& first, std::span<const float> logits,
+                      std::vector<RequestOutput>* outputs) {
+  RequestState& r = *first.request;
+  r.forked = true;
+  for (int i = 1; i < r.request.params.n; ++i) {
+    std::unique_ptr<Sequence> child = NewSequence(first.request, i);
+    child->num_computed = first.num_computed;
+    kv_->Fork(first.id, child->id);
+    scheduler_->AddRunning(child.get());
+    const std::vector<int32_t> banned = BannedIds(*child);
+    const SampledToken s = Sample(logits, child->params(), child->penalties, banned, child->rng);
+    Sequence* c = child.get();
+    sequences_[c->id] = std::move(child);
+    Accept(*c, s, outputs);
+  }
+}
+
+absl::Status EngineCore::Step(std::vector<RequestOutput>* outputs) {
+  const auto t0 = std::chrono::steady_clock::now();
+  for (RequestOutput& o : pending_) outputs->push_back(std::move(o));
+  pending_.clear();
+  SchedulerOutput work = scheduler_->Schedule();
+  const auto t1 = std::chrono::steady_clock::now();
+  stats_.schedule_seconds += Seconds(t0, t1);
+  stats_.peak_used_pages = std::max(stats_.peak_used_pages, kv_->num_used_pages());
+  if (work.empty()) return absl::OkStatus();
+
+  RunnerOutput& run = run_;
+  const absl::Status status = runner_->Run(work, &run);
+  const auto t2 = std::chrono::steady_clock::now();
+  if (!status.ok()) {
+    // The step's requests cannot go on; report them and release their pages.
+    std::vector<RequestId> failed;
+    for (const ScheduledWork& w : work.work) failed.push_back(w.seq->request->id);
+    std::sort(failed.begin(), failed.end());
+    failed.erase(std::unique(failed.begin(), failed.end()), failed.end());
+    for (RequestId id : failed) {
+      Cancel(id);
+      for (RequestOutput& o : pending_) {
+        o.finish = FinishReason::kError;
+        o.error = std::string(status.message());
+        outputs->push_back(std::move(o));
+      }
+      pending_.clear();
+    }
+    return status;
+  }
+  for (const ScheduledWork& w : work.work) {
+    w.seq->num_computed += w.num_tokens;
+    kv_->MarkComputed(w.seq->id, w.seq->tokens, w.seq->num_computed);
+  }
+
+  // The sampler is a pure function of its inputs and each sequence's own random stream, so
+  // sequences sample in parallel and the result does not depend on the batch.
+  const int64_t vocab = model_.config().vocab_size;
+  const int64_t n = static_cast<int64_t>(run.items.size());
+  std::vector<SampledToken> sampled(n);
+  sample_pool_.ParallelFor(n, 1, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      Sequence& seq = *work.work[run.items[i]].seq;
+      const std::vector<int32_t> banned = BannedIds(seq);
+      sampled[i] = Sample(std::span<const float>(run.logits.data() + i * vocab, vocab),
+                          seq.params(), seq.penalties, banned, seq.rng);
+    }
+  });
+  std::vector<int64_t> finished;
+  for (int64_t i = 0; i < n; ++i) {
+    Sequence& seq = *work.work[run.items[i]].seq;
+    const bool fork = seq.index == 0 && !seq.request->forked && seq.request->request.params.n > 1;
+    if (fork) Fork(seq, std::span<const float>(run.logits.data() + i * vocab, vocab), outputs);
+    Accept(seq, sampled[i], outputs);
+    if (seq.finish != FinishReason::kNone) finished.push_back(seq.id);
+  }
+  for (const auto& [id, seq] : sequences_) {
+    if (seq->finish != FinishReason::kNone) finished.push_back(id);
+  }
+  for (int64_t id : finished) sequences_.erase(id);
+  const auto t3 = std::chrono::steady_clock::now();
+  ++stats_.steps;
+  stats_.tokens += work.num_tokens;
+  stats_.forward_seconds += Seconds(t1, t2);
+  stats_.sample_seconds += Seconds(t2, t3);
+  stats_.step_seconds += Seconds(t0, t3);
+  return absl::OkStatus();
+}
+
+}  // namespace dserve::engine

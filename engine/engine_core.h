@@ -1,0 +1,104 @@
+// EngineCore: the single-threaded heart of the engine. It owns the KV cache and its manager,
+// the scheduler, the model runner and every live sequence; Step() runs one iteration:
+// schedule, forward, sample, emit outputs, release what finished. Engine (engine.h) drives it
+// from its own thread; tests and the offline benchmark may call it directly.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <unordered_map>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "core/thread_pool.h"
+#include "engine/kv_cache_manager.h"
+#include "engine/model_runner.h"
+#include "engine/request.h"
+#include "engine/scheduler.h"
+#include "engine/sequence.h"
+#include "engine/tokenizer/tokenizer.h"
+#include "kernels/latent_cache.h"
+#include "models/deepseek_model.h"
+
+namespace dserve::engine {
+
+struct EngineConfig {
+  SchedulerConfig scheduler;
+  int64_t page_size = 64;      // tokens per KV page (FlashMLA's size)
+  double kv_cache_gb = 1.0;    // memory for the latent cache; sets the page count
+  int64_t num_pages = 0;       // > 0: exactly this many pages instead (tests)
+  DType kv_dtype = DType::kBF16;
+  bool enable_prefix_caching = true;
+  kernels::MlaMode mla_mode = kernels::MlaMode::kAuto;
+  int sampler_threads = 1;     // threads sampling the sequences of a step
+};
+
+struct EngineStats {
+  int64_t steps = 0;
+  int64_t tokens = 0;  // rows run through the model
+  double schedule_seconds = 0, forward_seconds = 0, sample_seconds = 0, step_seconds = 0;
+  int64_t peak_used_pages = 0;
+};
+
+class EngineCore {
+ public:
+  // tokenizer may be null (then requests must not ask for text or stop strings).
+  static absl::StatusOr<std::unique_ptr<EngineCore>> Create(models::DeepseekModel& model,
+                                                            const Tokenizer* tokenizer,
+                                                            const EngineConfig& config);
+
+  // Whether the engine can serve this request at all: parameters in range, token ids in the
+  // vocabulary, prompt + max_tokens within the context and within the whole KV cache.
+  // Thread-safe (reads only the configuration).
+  absl::Status Validate(const Request& request) const;
+  // Queues a validated request under the caller's id.
+  absl::Status Add(RequestId id, Request request);
+  // Drops a request now (pages released at once); the next Step() reports it as cancelled.
+  // Unknown or finished ids are ignored.
+  void Cancel(RequestId id);
+  // One iteration; appends this step's outputs.
+  absl::Status Step(std::vector<RequestOutput>* outputs);
+  bool HasWork() const { return !requests_.empty() || !pending_.empty(); }
+
+  int64_t num_pages() const { return kv_->num_pages(); }
+  int64_t page_size() const { return kv_->page_size(); }
+  int64_t num_running() const { return static_cast<int64_t>(scheduler_->running().size()); }
+  int64_t num_waiting() const { return static_cast<int64_t>(scheduler_->waiting().size()); }
+  int64_t total_preemptions() const { return scheduler_->total_preemptions(); }
+  const KvCacheManager& kv() const { return *kv_; }
+  const EngineStats& stats() const { return stats_; }
+  const models::ModelConfig& model_config() const { return model_.config(); }
+
+ private:
+  EngineCore(models::DeepseekModel& model, const Tokenizer* tokenizer, const EngineConfig& config,
+             int64_t num_pages);
+
+  std::unique_ptr<Sequence> NewSequence(const std::shared_ptr<RequestState>& request, int index);
+  // The ids the sampler must not pick yet (min_tokens).
+  std::vector<int32_t> BannedIds(const Sequence& seq) const;
+  // Appends a sampled token, decides whether the sequence ends, and reports it.
+  void Accept(Sequence& seq, const SampledToken& sampled, std::vector<RequestOutput>* outputs);
+  // Releases a finished sequence; returns the output's request-level fields.
+  void Finish(Sequence& seq, RequestOutput& out);
+  // The request's n - 1 further samples, sharing the prompt's pages, each sampling its first
+  // token from the same logits.
+  void Fork(Sequence& first, std::span<const float> logits, std::vector<RequestOutput>* outputs);
+
+  models::DeepseekModel& model_;
+  const Tokenizer* tokenizer_;
+  EngineConfig config_;
+  kernels::LatentCache cache_;
+  std::unique_ptr<KvCacheManager> kv_;
+  std::unique_ptr<Scheduler> scheduler_;
+  std::unique_ptr<ModelRunner> runner_;
+  ThreadPool sample_pool_;
+  std::unordered_map<RequestId, std::shared_ptr<RequestState>> requests_;
+  std::unordered_map<int64_t, std::unique_ptr<Sequence>> sequences_;
+  std::vector<RequestOutput> pending_;  // cancellations to report
+  RunnerOutput run_;                     // reused: its logits are megabytes
+  int64_t next_sequence_ = 0;
+  EngineStats stats_;
+};
+
+}  // namespace dserve::engine

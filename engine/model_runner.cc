@@ -1,0 +1,55 @@
+#include "engine/model_runner.h"
+
+#include <algorithm>
+
+namespace dserve::engine {
+
+using kernels::MlaMode;
+
+ModelRunner::ModelRunner(models::DeepseekModel& model, kernels::LatentCache& cache,
+                         const KvCacheManager& kv, MlaMode mla_mode)
+    : model_(model), cache_(cache), kv_(kv), mla_mode_(mla_mode) {}
+
+absl::Status ModelRunner::Run(const SchedulerOutput& work, RunnerOutput* out) {
+  tokens_.clear();
+  positions_.clear();
+  logit_rows_.clear();
+  out->items.clear();
+  models::ForwardInput in;
+  for (size_t w = 0; w < work.work.size(); ++w) {
+    const Sequence& seq = *work.work[w].seq;
+    const int64_t begin = seq.num_computed, end = begin + work.work[w].num_tokens;
+    const std::span<const int32_t> table = kv_.BlockTable(seq.id);
+    // At most two slices: the prompt part (naive form) and the generated part (absorbed).
+    for (int64_t a = begin; a < end;) {
+      const bool prompt = a < seq.prompt_len;
+      const int64_t b = prompt ? std::min(end, seq.prompt_len) : end;
+      kernels::SequenceSlice slice;
+      slice.row_begin = static_cast<int64_t>(tokens_.size());
+      slice.num_tokens = b - a;
+      slice.cached_tokens = a;
+      slice.block_table = table;
+      slice.mode = prompt ? MlaMode::kNaive : MlaMode::kAbsorbed;
+      in.batch.sequences.push_back(slice);
+      for (int64_t i = a; i < b; ++i) {
+        tokens_.push_back(seq.tokens[i]);
+        positions_.push_back(static_cast<int32_t>(i));
+      }
+      a = b;
+    }
+    if (end == static_cast<int64_t>(seq.tokens.size())) {
+      logit_rows_.push_back(static_cast<int32_t>(tokens_.size() - 1));
+      out->items.push_back(w);
+    }
+  }
+  in.tokens = tokens_;
+  in.batch.positions = positions_;
+  in.logit_rows = logit_rows_;
+  in.mla_mode = mla_mode_;
+  fwd_.logits.swap(out->logits);  // reuse the previous step's logits buffer
+  DSERVE_RETURN_IF_ERROR(model_.Forward(in, cache_, &fwd_));
+  out->logits.swap(fwd_.logits);
+  return absl::OkStatus();
+}
+
+}  // namespace dserve::engine
