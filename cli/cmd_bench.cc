@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "cli/commands.h"
+#include "cli/engine_bench.h"
 #include "cli/memory_bandwidth.h"
 #include "cli/model_session.h"
 #include "core/progress.h"
@@ -41,6 +42,7 @@ double DecodeWeightBytes(const models::DeepseekModel& model) {
 
 absl::Status Run(const Flags& flags) {
   DSERVE_ASSIGN_OR_RETURN(ModelSession s, OpenModel(flags));
+  if (flags.Has("num-prompts")) return RunEngineBench(flags, s);
   DSERVE_ASSIGN_OR_RETURN(int64_t prompt_len, flags.GetInt("prompt-tokens", 1, 1 << 16));
   DSERVE_ASSIGN_OR_RETURN(int64_t decode_len, flags.GetInt("decode-tokens", 2, 1 << 16));
   DSERVE_ASSIGN_OR_RETURN(int64_t runs, flags.GetInt("runs", 1, 100));
@@ -109,9 +111,11 @@ int RunBench(const Args& args) {
   specs.push_back({"prompt-tokens", "prompt length", "128"});
   specs.push_back({"decode-tokens", "tokens generated per run", "128"});
   specs.push_back({"runs", "timed runs (medians are reported)", "5"});
+  for (FlagSpec& f : EngineBenchFlags()) specs.push_back(std::move(f));
   Flags flags;
   int code;
-  if (!ParseOrExit("bench", "Single-stream prompt and decode throughput, median of runs.", specs,
+  if (!ParseOrExit("bench", "Single-stream prompt and decode throughput, median of runs; with --num-prompts, the "
+                   "serving engine's throughput and latency under concurrent requests.", specs,
                    args, &flags, &code)) {
     return code;
   }

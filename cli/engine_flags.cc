@@ -1,0 +1,46 @@
+#include "cli/engine_flags.h"
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+
+namespace dserve::cli {
+
+std::vector<FlagSpec> EngineFlags() {
+  return {
+      {"kv-cache-gb", "memory for the latent KV cache (sets the number of pages)", "1"},
+      {"kv-dtype", "bf16|f32: how cached latents are stored", "bf16"},
+      {"page-size", "tokens per KV page", "64"},
+      {"max-batched-tokens", "tokens per forward step over all sequences", "512"},
+      {"max-num-seqs", "sequences running at once", "64"},
+      {"no-prefix-caching", "do not reuse the KV pages of earlier prompts", "", true},
+  };
+}
+
+absl::StatusOr<engine::EngineConfig> ParseEngineConfig(const Flags& flags,
+                                                       const ModelSession& session) {
+  engine::EngineConfig c;
+  if (!absl::SimpleAtod(flags.Get("kv-cache-gb"), &c.kv_cache_gb) || !(c.kv_cache_gb > 0)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--kv-cache-gb must be a positive number, got '", flags.Get("kv-cache-gb"),
+                     "'"));
+  }
+  const std::string dtype = flags.Get("kv-dtype");
+  if (dtype == "bf16") {
+    c.kv_dtype = DType::kBF16;
+  } else if (dtype == "f32") {
+    c.kv_dtype = DType::kF32;
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--kv-dtype must be bf16 or f32, got '", dtype, "'"));
+  }
+  DSERVE_ASSIGN_OR_RETURN(c.page_size, flags.GetInt("page-size", 1, 4096));
+  DSERVE_ASSIGN_OR_RETURN(c.scheduler.max_batched_tokens,
+                          flags.GetInt("max-batched-tokens", 1, 1 << 20));
+  DSERVE_ASSIGN_OR_RETURN(c.scheduler.max_num_seqs, flags.GetInt("max-num-seqs", 1, 1 << 16));
+  c.enable_prefix_caching = !flags.GetBool("no-prefix-caching");
+  c.mla_mode = session.mla_mode;
+  c.sampler_threads = session.ops->num_threads();
+  return c;
+}
+
+}  // namespace dserve::cli

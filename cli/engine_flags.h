@@ -1,0 +1,18 @@
+// The flags that configure the serving engine (KV cache budget and dtype, page size, batch
+// limits, prefix caching), shared by `dserve bench` and the server command.
+#pragma once
+
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "cli/flags.h"
+#include "cli/model_session.h"
+#include "engine/engine_core.h"
+
+namespace dserve::cli {
+
+std::vector<FlagSpec> EngineFlags();
+absl::StatusOr<engine::EngineConfig> ParseEngineConfig(const Flags& flags,
+                                                       const ModelSession& session);
+
+}  // namespace dserve::cli
