@@ -45,7 +45,10 @@ absl::Status Run(const Flags& flags) {
   if (flags.Has("num-prompts")) return RunEngineBench(flags, s);
   DSERVE_ASSIGN_OR_RETURN(int64_t prompt_len, flags.GetInt("prompt-tokens", 1, 1 << 16));
   DSERVE_ASSIGN_OR_RETURN(int64_t decode_len, flags.GetInt("decode-tokens", 2, 1 << 16));
-  DSERVE_ASSIGN_OR_RETURN(int64_t runs, flags.GetInt("runs", 1, 100));
+  int64_t runs = 5;
+  if (flags.Has("runs")) {
+    DSERVE_ASSIGN_OR_RETURN(runs, flags.GetInt("runs", 1, 100));
+  }
   const models::ModelConfig& c = s.model->config();
 
   // A fixed pseudo-random prompt (ids avoid the special tokens at the start of the vocab).
@@ -110,7 +113,8 @@ int RunBench(const Args& args) {
   std::vector<FlagSpec> specs = ModelFlags();
   specs.push_back({"prompt-tokens", "prompt length", "128"});
   specs.push_back({"decode-tokens", "tokens generated per run", "128"});
-  specs.push_back({"runs", "timed runs (medians are reported)", "5"});
+  specs.push_back({"runs", "timed runs (medians are reported); the engine benchmark's default is 1",
+                   ""});
   for (FlagSpec& f : EngineBenchFlags()) specs.push_back(std::move(f));
   Flags flags;
   int code;

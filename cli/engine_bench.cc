@@ -6,9 +6,13 @@
 #include <cstdio>
 #include <mutex>
 #include <random>
+#include <string>
+#include <type_traits>
 #include <vector>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "cli/engine_flags.h"
 #include "core/progress.h"
 #include "engine/engine.h"
@@ -42,60 +46,54 @@ struct Timeline {
   Clock::time_point submitted;
   std::vector<Clock::time_point> tokens;  // when each generated token arrived
   int64_t prompt_tokens = 0, cached_tokens = 0;
-  bool done = false;
 };
 
-}  // namespace
-
-std::vector<FlagSpec> EngineBenchFlags() {
-  std::vector<FlagSpec> specs = EngineFlags();
-  specs.push_back({"num-prompts", "engine benchmark: requests to run", ""});
-  specs.push_back({"input-len", "engine benchmark: prompt tokens per request", "128"});
-  specs.push_back({"output-len", "engine benchmark: generated tokens per request", "128"});
-  specs.push_back({"concurrency", "engine benchmark: requests in flight at once", "16"});
-  specs.push_back({"prefix-share", "engine benchmark: fraction of each prompt shared by all", "0"});
-  specs.push_back({"json", "engine benchmark: print the figures as one JSON object", "", true});
-  return specs;
-}
-
-absl::Status RunEngineBench(const Flags& flags, ModelSession& session) {
-  DSERVE_ASSIGN_OR_RETURN(engine::EngineConfig config, ParseEngineConfig(flags, session));
-  DSERVE_ASSIGN_OR_RETURN(int64_t num_prompts, flags.GetInt("num-prompts", 1, 1 << 20));
-  DSERVE_ASSIGN_OR_RETURN(int64_t input_len, flags.GetInt("input-len", 1, 1 << 20));
-  DSERVE_ASSIGN_OR_RETURN(int64_t output_len, flags.GetInt("output-len", 1, 1 << 20));
-  DSERVE_ASSIGN_OR_RETURN(int64_t concurrency, flags.GetInt("concurrency", 1, 1 << 16));
+// One benchmark configuration and what a run of it measured.
+struct Setting {
+  int64_t concurrency = 16;
   double share = 0;
-  if (!absl::SimpleAtod(flags.Get("prefix-share"), &share) || share < 0 || share > 1) {
-    return absl::InvalidArgumentError(absl::StrCat("--prefix-share must be in [0, 1], got '",
-                                                   flags.Get("prefix-share"), "'"));
-  }
-  const bool json = flags.GetBool("json");
-  const models::ModelConfig& mc = session.model->config();
+};
 
+struct Figures {
+  double wall = 0, prompt_tps = 0, gen_tps = 0, hit_rate = 0;
+  Percentiles ttft, itl;
+  int64_t peak_pages = 0, steps = 0, tokens = 0, preemptions = 0;
+  double sched_share = 0, sample_share = 0, forward_share = 0;
+};
+
+struct Workload {
+  int64_t num_prompts, input_len, output_len;
+};
+
+// Runs the workload once in a fresh engine (empty prefix cache).
+absl::StatusOr<Figures> RunOnce(ModelSession& session, const engine::EngineConfig& config,
+                                const Workload& w, const Setting& setting, bool show_progress,
+                                int64_t* num_pages, int64_t* page_size) {
+  const models::ModelConfig& mc = session.model->config();
   // Prompts: random ids past the special tokens; the first share * input_len are the same
   // in every prompt (a shared system prompt), the rest differ.
   std::mt19937 rng(1234);
   std::uniform_int_distribution<int32_t> id(100, static_cast<int32_t>(mc.vocab_size - 1));
-  const int64_t shared = static_cast<int64_t>(share * input_len + 0.5);
+  const int64_t shared = static_cast<int64_t>(setting.share * w.input_len + 0.5);
   std::vector<int32_t> common(shared);
   for (int32_t& t : common) t = id(rng);
-  std::vector<engine::Request> requests(num_prompts);
+  std::vector<engine::Request> requests(w.num_prompts);
   for (engine::Request& r : requests) {
     r.prompt = common;
-    while (static_cast<int64_t>(r.prompt.size()) < input_len) r.prompt.push_back(id(rng));
+    while (static_cast<int64_t>(r.prompt.size()) < w.input_len) r.prompt.push_back(id(rng));
     r.params.temperature = 0.0f;
-    r.params.max_tokens = static_cast<int>(output_len);
+    r.params.max_tokens = static_cast<int>(w.output_len);
     r.params.ignore_eos = true;
     r.detokenize = false;
   }
 
   DSERVE_ASSIGN_OR_RETURN(std::unique_ptr<engine::EngineCore> core,
                           engine::EngineCore::Create(*session.model, nullptr, config));
-  const int64_t num_pages = core->num_pages(), page_size = core->page_size();
+  *num_pages = core->num_pages();
+  *page_size = core->page_size();
   engine::Engine eng(std::move(core));
   {
-    // Warm-up (first touches of the cache and weights), not timed; it leaves its prompt in
-    // the prefix cache, which shares nothing with the benchmark's.
+    // Warm-up, not timed; its prompt shares nothing with the benchmark's.
     engine::OutputQueue q;
     engine::Request warm = requests[0];
     for (int32_t& t : warm.prompt) t = 3 + (t % 90);
@@ -107,50 +105,52 @@ absl::Status RunEngineBench(const Flags& flags, ModelSession& session) {
   }
   const engine::EngineStats before = eng.stats();
 
-  std::vector<Timeline> timelines(num_prompts);
+  std::vector<Timeline> timelines(w.num_prompts);
   std::mutex mu;
   std::condition_variable all_done;
   int64_t next = 0, finished = 0;
   absl::Status failure;
-  Progress progress("engine benchmark", num_prompts, "requests", /*enabled=*/!json);
-  // Submits request `next` (caller holds mu). Called from this thread at the start and from
-  // the engine thread each time a request finishes, keeping `concurrency` in flight.
+  Progress progress("engine benchmark", w.num_prompts, "requests", show_progress);
+  // Submits request `next` (caller holds mu): from this thread at the start, then from the
+  // engine thread whenever a request finishes, keeping `concurrency` in flight.
   std::function<void()> submit_next = [&] {
     const int64_t i = next++;
     timelines[i].submitted = Clock::now();
     timelines[i].prompt_tokens = static_cast<int64_t>(requests[i].prompt.size());
-    auto id = eng.Submit(requests[i], [&, i](const engine::RequestOutput& o) {
+    auto submitted = eng.Submit(requests[i], [&, i](const engine::RequestOutput& o) {
       const auto now = Clock::now();
       std::lock_guard<std::mutex> lock(mu);
       for (size_t k = 0; k < o.tokens.size(); ++k) timelines[i].tokens.push_back(now);
       if (o.finish == engine::FinishReason::kError) failure = absl::InternalError(o.error);
       if (!o.request_finished) return;
       timelines[i].cached_tokens = o.usage.cached_prompt_tokens;
-      timelines[i].done = true;
       ++finished;
       progress.Advance(1);
-      if (next < num_prompts) submit_next();
-      if (finished == num_prompts) all_done.notify_all();
+      if (next < w.num_prompts) submit_next();
+      if (finished == w.num_prompts) all_done.notify_all();
     });
-    if (!id.ok()) failure = id.status();
+    if (!submitted.ok()) failure = submitted.status();
   };
   const auto start = Clock::now();
   {
     std::unique_lock<std::mutex> lock(mu);
-    while (next < std::min(concurrency, num_prompts)) submit_next();
-    all_done.wait(lock, [&] { return finished == num_prompts || !failure.ok(); });
+    while (next < std::min(setting.concurrency, w.num_prompts)) submit_next();
+    all_done.wait(lock, [&] { return finished == w.num_prompts || !failure.ok(); });
   }
-  const double wall = std::chrono::duration<double>(Clock::now() - start).count();
+  Figures f;
+  f.wall = std::chrono::duration<double>(Clock::now() - start).count();
   progress.Finish();
   DSERVE_RETURN_IF_ERROR(failure);
 
-  engine::EngineStats stats = eng.stats();
-  stats.steps -= before.steps;
-  stats.tokens -= before.tokens;
-  stats.schedule_seconds -= before.schedule_seconds;
-  stats.forward_seconds -= before.forward_seconds;
-  stats.sample_seconds -= before.sample_seconds;
-  stats.step_seconds -= before.step_seconds;
+  const engine::EngineStats after = eng.stats();
+  const double step_s = after.step_seconds - before.step_seconds;
+  f.steps = after.steps - before.steps;
+  f.tokens = after.tokens - before.tokens;
+  f.sched_share = step_s > 0 ? (after.schedule_seconds - before.schedule_seconds) / step_s : 0;
+  f.sample_share = step_s > 0 ? (after.sample_seconds - before.sample_seconds) / step_s : 0;
+  f.forward_share = step_s > 0 ? (after.forward_seconds - before.forward_seconds) / step_s : 0;
+  f.peak_pages = after.peak_used_pages;
+  f.preemptions = eng.total_preemptions();
   int64_t prompt_tokens = 0, generated = 0, cached = 0;
   std::vector<double> ttft, itl;
   for (const Timeline& t : timelines) {
@@ -160,59 +160,207 @@ absl::Status RunEngineBench(const Flags& flags, ModelSession& session) {
     if (t.tokens.empty()) continue;
     ttft.push_back(std::chrono::duration<double, std::milli>(t.tokens[0] - t.submitted).count());
     for (size_t k = 1; k < t.tokens.size(); ++k) {
-      itl.push_back(std::chrono::duration<double, std::milli>(t.tokens[k] - t.tokens[k - 1]).count());
+      itl.push_back(
+          std::chrono::duration<double, std::milli>(t.tokens[k] - t.tokens[k - 1]).count());
     }
   }
-  const Percentiles ttft_p = Summarise(ttft), itl_p = Summarise(itl);
-  const double prompt_tps = prompt_tokens / wall, gen_tps = generated / wall;
-  const double hit_rate = prompt_tokens ? static_cast<double>(cached) / prompt_tokens : 0.0;
-  const double sched_share = stats.step_seconds > 0 ? stats.schedule_seconds / stats.step_seconds : 0;
-  const double sample_share = stats.step_seconds > 0 ? stats.sample_seconds / stats.step_seconds : 0;
-  const int64_t preemptions = eng.total_preemptions();
+  f.ttft = Summarise(ttft);
+  f.itl = Summarise(itl);
+  f.prompt_tps = prompt_tokens / f.wall;
+  f.gen_tps = generated / f.wall;
+  f.hit_rate = prompt_tokens ? static_cast<double>(cached) / prompt_tokens : 0.0;
+  return f;
+}
+
+// "1,16" -> {1, 16}.
+template <typename T>
+absl::StatusOr<std::vector<T>> ParseList(const std::string& flag, const std::string& text,
+                                         T min, T max) {
+  std::vector<T> out;
+  for (const std::string& item : std::vector<std::string>(absl::StrSplit(text, ','))) {
+    double v;
+    if (!absl::SimpleAtod(item, &v) || v < min || v > max ||
+        (std::is_integral_v<T> && v != static_cast<double>(static_cast<int64_t>(v)))) {
+      return absl::InvalidArgumentError(absl::StrCat("--", flag, ": '", item, "' must be ",
+                                                     std::is_integral_v<T> ? "an integer " : "",
+                                                     "in [", min, ", ", max, "]"));
+    }
+    out.push_back(static_cast<T>(v));
+  }
+  return out;
+}
+
+double MedianOf(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// The per-figure median over runs (each figure separately).
+Figures Medians(const std::vector<Figures>& runs) {
+  auto med = [&](auto field) {
+    std::vector<double> v;
+    for (const Figures& f : runs) v.push_back(static_cast<double>(field(f)));
+    return MedianOf(v);
+  };
+  Figures m;
+  m.wall = med([](const Figures& f) { return f.wall; });
+  m.prompt_tps = med([](const Figures& f) { return f.prompt_tps; });
+  m.gen_tps = med([](const Figures& f) { return f.gen_tps; });
+  m.hit_rate = med([](const Figures& f) { return f.hit_rate; });
+  m.ttft.p50 = med([](const Figures& f) { return f.ttft.p50; });
+  m.ttft.p90 = med([](const Figures& f) { return f.ttft.p90; });
+  m.ttft.p99 = med([](const Figures& f) { return f.ttft.p99; });
+  m.itl.p50 = med([](const Figures& f) { return f.itl.p50; });
+  m.itl.p90 = med([](const Figures& f) { return f.itl.p90; });
+  m.itl.p99 = med([](const Figures& f) { return f.itl.p99; });
+  m.peak_pages = static_cast<int64_t>(med([](const Figures& f) { return f.peak_pages; }));
+  m.steps = static_cast<int64_t>(med([](const Figures& f) { return f.steps; }));
+  m.tokens = static_cast<int64_t>(med([](const Figures& f) { return f.tokens; }));
+  m.preemptions = static_cast<int64_t>(med([](const Figures& f) { return f.preemptions; }));
+  m.sched_share = med([](const Figures& f) { return f.sched_share; });
+  m.sample_share = med([](const Figures& f) { return f.sample_share; });
+  m.forward_share = med([](const Figures& f) { return f.forward_share; });
+  return m;
+}
+
+nlohmann::ordered_json ToJson(const Workload& w, const Setting& s, const Figures& f,
+                              int threads, int64_t runs, int64_t num_pages, int64_t page_size) {
+  return {
+      {"num_prompts", w.num_prompts},
+      {"input_len", w.input_len},
+      {"output_len", w.output_len},
+      {"concurrency", s.concurrency},
+      {"prefix_share", s.share},
+      {"threads", threads},
+      {"runs", runs},
+      {"wall_s", f.wall},
+      {"prompt_tokens_per_s", f.prompt_tps},
+      {"generated_tokens_per_s", f.gen_tps},
+      {"ttft_ms", {{"p50", f.ttft.p50}, {"p90", f.ttft.p90}, {"p99", f.ttft.p99}}},
+      {"itl_ms", {{"p50", f.itl.p50}, {"p90", f.itl.p90}, {"p99", f.itl.p99}}},
+      {"peak_kv_pages", f.peak_pages},
+      {"kv_pages", num_pages},
+      {"page_size", page_size},
+      {"prefix_cache_hit_rate", f.hit_rate},
+      {"steps", f.steps},
+      {"scheduler_share", f.sched_share},
+      {"sampler_share", f.sample_share},
+      {"preemptions", f.preemptions},
+  };
+}
+
+void Print(const Workload& w, const Setting& s, const Figures& f, int threads, int64_t runs,
+           int64_t num_pages, int64_t page_size) {
+  const int64_t shared = static_cast<int64_t>(s.share * w.input_len + 0.5);
+  std::printf("requests         %lld (prompt %lld tokens, %lld shared; output %lld), "
+              "concurrency %lld, %d threads%s\n",
+              static_cast<long long>(w.num_prompts), static_cast<long long>(w.input_len),
+              static_cast<long long>(shared), static_cast<long long>(w.output_len),
+              static_cast<long long>(s.concurrency), threads,
+              runs > 1 ? absl::StrCat(", medians of ", runs, " runs").c_str() : "");
+  std::printf("wall             %.2f s\n", f.wall);
+  std::printf("throughput       prompt %.0f tokens/s, generated %.1f tokens/s\n", f.prompt_tps,
+              f.gen_tps);
+  std::printf("TTFT             p50 %.1f ms, p90 %.1f ms, p99 %.1f ms\n", f.ttft.p50, f.ttft.p90,
+              f.ttft.p99);
+  std::printf("ITL              p50 %.2f ms, p90 %.2f ms, p99 %.2f ms\n", f.itl.p50, f.itl.p90,
+              f.itl.p99);
+  std::printf("KV cache         peak %lld of %lld pages (%lld tokens each), prefix-cache hit "
+              "rate %.1f%%\n",
+              static_cast<long long>(f.peak_pages), static_cast<long long>(num_pages),
+              static_cast<long long>(page_size), 100.0 * f.hit_rate);
+  std::printf("steps            %lld, %.1f tokens per step, %lld preemptions\n",
+              static_cast<long long>(f.steps),
+              f.steps ? static_cast<double>(f.tokens) / f.steps : 0.0,
+              static_cast<long long>(f.preemptions));
+  std::printf("step time        scheduler %.2f%%, forward %.1f%%, sampling %.1f%%\n",
+              100.0 * f.sched_share, 100.0 * f.forward_share, 100.0 * f.sample_share);
+}
+
+}  // namespace
+
+std::vector<FlagSpec> EngineBenchFlags() {
+  std::vector<FlagSpec> specs = EngineFlags();
+  specs.push_back({"num-prompts", "engine benchmark: requests per run", ""});
+  specs.push_back({"input-len", "engine benchmark: prompt tokens per request", "128"});
+  specs.push_back({"output-len", "engine benchmark: generated tokens per request", "128"});
+  specs.push_back({"concurrency",
+                   "engine benchmark: requests in flight; a list (1,16) runs each, side by side",
+                   "16"});
+  specs.push_back({"prefix-share",
+                   "engine benchmark: fraction of each prompt shared by all; a list (0,0.5) "
+                   "runs each",
+                   "0"});
+  specs.push_back({"json", "engine benchmark: print the figures as JSON", "", true});
+  return specs;
+}
+
+absl::Status RunEngineBench(const Flags& flags, ModelSession& session) {
+  DSERVE_ASSIGN_OR_RETURN(engine::EngineConfig config, ParseEngineConfig(flags, session));
+  Workload w;
+  DSERVE_ASSIGN_OR_RETURN(w.num_prompts, flags.GetInt("num-prompts", 1, 1 << 20));
+  DSERVE_ASSIGN_OR_RETURN(w.input_len, flags.GetInt("input-len", 1, 1 << 20));
+  DSERVE_ASSIGN_OR_RETURN(w.output_len, flags.GetInt("output-len", 1, 1 << 20));
+  int64_t runs = 1;
+  if (flags.Has("runs")) {
+    DSERVE_ASSIGN_OR_RETURN(runs, flags.GetInt("runs", 1, 100));
+  }
+  DSERVE_ASSIGN_OR_RETURN(std::vector<int64_t> concurrencies,
+                          ParseList<int64_t>("concurrency", flags.Get("concurrency"), 1, 1 << 16));
+  DSERVE_ASSIGN_OR_RETURN(std::vector<double> shares,
+                          ParseList<double>("prefix-share", flags.Get("prefix-share"), 0.0, 1.0));
+  std::vector<Setting> settings;
+  for (double share : shares) {
+    for (int64_t c : concurrencies) settings.push_back({c, share});
+  }
+  const bool json = flags.GetBool("json");
+  const int threads = session.ops->num_threads();
+
+  // Runs interleave the settings (run 1 of each, then run 2 of each, ...) so that a noisy
+  // host affects all of them alike; every figure is the median over runs.
+  std::vector<std::vector<Figures>> results(settings.size());
+  int64_t num_pages = 0, page_size = 0;
+  for (int64_t r = 0; r < runs; ++r) {
+    for (size_t i = 0; i < settings.size(); ++i) {
+      DSERVE_ASSIGN_OR_RETURN(Figures f, RunOnce(session, config, w, settings[i], !json,
+                                                 &num_pages, &page_size));
+      results[i].push_back(f);
+    }
+  }
+  std::vector<Figures> medians;
+  for (const auto& v : results) medians.push_back(Medians(v));
 
   if (json) {
-    nlohmann::ordered_json j = {
-        {"num_prompts", num_prompts},
-        {"input_len", input_len},
-        {"output_len", output_len},
-        {"concurrency", concurrency},
-        {"prefix_share", share},
-        {"threads", session.ops->num_threads()},
-        {"wall_s", wall},
-        {"prompt_tokens_per_s", prompt_tps},
-        {"generated_tokens_per_s", gen_tps},
-        {"ttft_ms", {{"p50", ttft_p.p50}, {"p90", ttft_p.p90}, {"p99", ttft_p.p99}}},
-        {"itl_ms", {{"p50", itl_p.p50}, {"p90", itl_p.p90}, {"p99", itl_p.p99}}},
-        {"peak_kv_pages", stats.peak_used_pages},
-        {"kv_pages", num_pages},
-        {"page_size", page_size},
-        {"prefix_cache_hit_rate", hit_rate},
-        {"steps", stats.steps},
-        {"scheduler_share", sched_share},
-        {"sampler_share", sample_share},
-        {"preemptions", preemptions},
-    };
-    std::printf("%s\n", j.dump().c_str());
+    if (settings.size() == 1) {
+      std::printf("%s\n", ToJson(w, settings[0], medians[0], threads, runs, num_pages, page_size)
+                              .dump()
+                              .c_str());
+    } else {
+      nlohmann::ordered_json all = nlohmann::ordered_json::array();
+      for (size_t i = 0; i < settings.size(); ++i) {
+        all.push_back(ToJson(w, settings[i], medians[i], threads, runs, num_pages, page_size));
+      }
+      std::printf("%s\n", nlohmann::ordered_json{{"results", all}}.dump().c_str());
+    }
     return absl::OkStatus();
   }
-  std::printf("requests         %lld (prompt %lld tokens, %lld shared; output %lld), concurrency %lld, %d threads\n",
-              static_cast<long long>(num_prompts), static_cast<long long>(input_len),
-              static_cast<long long>(shared), static_cast<long long>(output_len),
-              static_cast<long long>(concurrency), session.ops->num_threads());
-  std::printf("wall             %.2f s\n", wall);
-  std::printf("throughput       prompt %.0f tokens/s, generated %.1f tokens/s\n", prompt_tps, gen_tps);
-  std::printf("TTFT             p50 %.1f ms, p90 %.1f ms, p99 %.1f ms\n", ttft_p.p50, ttft_p.p90, ttft_p.p99);
-  std::printf("ITL              p50 %.2f ms, p90 %.2f ms, p99 %.2f ms\n", itl_p.p50, itl_p.p90, itl_p.p99);
-  std::printf("KV cache         peak %lld of %lld pages (%lld tokens each), prefix-cache hit rate %.1f%%\n",
-              static_cast<long long>(stats.peak_used_pages), static_cast<long long>(num_pages),
-              static_cast<long long>(page_size), 100.0 * hit_rate);
-  std::printf("steps            %lld, %.1f tokens per step, %lld preemptions\n",
-              static_cast<long long>(stats.steps),
-              stats.steps ? static_cast<double>(stats.tokens) / stats.steps : 0.0,
-              static_cast<long long>(preemptions));
-  std::printf("step time        scheduler %.2f%%, forward %.1f%%, sampling %.1f%%\n",
-              100.0 * sched_share, 100.0 * stats.forward_seconds / std::max(1e-12, stats.step_seconds),
-              100.0 * sample_share);
+  for (size_t i = 0; i < settings.size(); ++i) {
+    if (i > 0) std::printf("\n");
+    Print(w, settings[i], medians[i], threads, runs, num_pages, page_size);
+  }
+  if (settings.size() > 1) {
+    std::printf("\nratios to the first setting (medians of per-run ratios)\n");
+    for (size_t i = 1; i < settings.size(); ++i) {
+      std::vector<double> gen, prompt;
+      for (int64_t r = 0; r < runs; ++r) {
+        gen.push_back(results[i][r].gen_tps / results[0][r].gen_tps);
+        prompt.push_back(results[i][r].prompt_tps / results[0][r].prompt_tps);
+      }
+      std::printf("concurrency %lld, share %.2f: generated %.2fx, prompt %.2fx\n",
+                  static_cast<long long>(settings[i].concurrency), settings[i].share,
+                  MedianOf(gen), MedianOf(prompt));
+    }
+  }
   return absl::OkStatus();
 }
 

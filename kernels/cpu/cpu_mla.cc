@@ -199,7 +199,7 @@ void CpuOps::MlaNaive(const MlaParams& p, const SequenceSlice& seq, const float*
           const int64_t visible = std::min(bs, seq.cached_tokens + first + i - j0 + 1);
           std::fill(srow + visible, srow + B, kNegInf);
           float* m = &row_max[h * n + first + i];
-          const float block_max = *std::max_element(srow, srow + visible);
+          const float block_max = prims_.max_value(srow, visible);
           const float new_max = std::max(*m, block_max);
           const float rescale = std::exp(*m - new_max);  // 0 on the first block
           row_sum[h * n + first + i] =
@@ -277,7 +277,7 @@ void CpuOps::MlaAbsorbed(const MlaParams& p, const SequenceSlice& seq, int64_t h
           float* srow = scores.data() + i * B;
           const int64_t visible = std::min(bs, seq.cached_tokens + i0 + qi - j0 + 1);
           std::fill(srow + visible, srow + B, kNegInf);
-          const float new_max = std::max(row_max[state], *std::max_element(srow, srow + visible));
+          const float new_max = std::max(row_max[state], prims_.max_value(srow, visible));
           const float rescale = std::exp(row_max[state] - new_max);  // 0 on the first block
           row_sum[state] = row_sum[state] * rescale + prims_.exp_shifted(srow, B, new_max);
           row_max[state] = new_max;

@@ -29,6 +29,8 @@ struct Primitives {
   void (*axpy)(float a, const float* x, float* y, int64_t n);
   // x[i] = exp(x[i] - shift) (0 where x[i] is -inf); returns the sum. Softmax's inner loop.
   float (*exp_shifted)(float* x, int64_t n, float shift);
+  // max over x[0, n) (-inf for n == 0); softmax's row maximum.
+  float (*max_value)(const float* x, int64_t n);
 };
 
 const Primitives& GetPrimitives(Isa isa);
