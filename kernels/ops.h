@@ -61,6 +61,10 @@ class Ops {
                           Tensor& out) = 0;
   // out[T, N] = x[T, K] * W[N, K]^T.
   virtual void Linear(const Tensor& x, const Weight& w, Tensor& out) = 0;
+  // Lets the backend keep a large matrix in a layout it multiplies faster (Weight::packed).
+  // Results stay the same for every batch size; they may differ from the unprepared
+  // weight's in rounding.
+  virtual void PrepareWeight(Weight& w) { (void)w; }
   // out = silu(gate) * up, elementwise. out may be gate.
   virtual void SiluMul(const Tensor& gate, const Tensor& up, Tensor& out) = 0;
   // x += y.

@@ -23,6 +23,10 @@ struct Weight {
   // Storage this view keeps alive where the loader had to copy (e.g. unaligned data).
   Tensor owned;
   Tensor owned_scales;
+  // Optional copy in a backend's own layout, made once at load by Ops::PrepareWeight (the CPU
+  // backend: BF16/F32 rows in groups of kPackRows, [rows / 16][cols][16], so one vector
+  // load reads 16 rows at one column and products need no horizontal sums).
+  Tensor packed;
 
   bool empty() const { return data == nullptr; }
   int64_t scale_cols() const { return (cols + block_cols - 1) / block_cols; }

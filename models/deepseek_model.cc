@@ -30,7 +30,19 @@ DeepseekModel::DeepseekModel(ModelConfig config, std::unique_ptr<Checkpoint> che
       checkpoint_(std::move(checkpoint)),
       weights_(std::move(weights)),
       ops_(ops),
-      rope_(config_) {}
+      rope_(config_) {
+  // The LM heads are the largest matrices a step multiplies (and nearly all of a small
+  // model's work); the backend may keep them in a faster layout.
+  const void* lm_head = weights_.lm_head.data;
+  ops_.PrepareWeight(weights_.lm_head);
+  if (weights_.mtp) {
+    if (weights_.mtp->head.data == lm_head) {
+      weights_.mtp->head.packed = weights_.lm_head.packed;  // V3 shares the head
+    } else {
+      ops_.PrepareWeight(weights_.mtp->head);
+    }
+  }
+}
 
 kernels::LatentCacheShape DeepseekModel::CacheShape(int64_t num_pages, int64_t page_size) const {
   kernels::LatentCacheShape s;

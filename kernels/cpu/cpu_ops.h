@@ -28,6 +28,7 @@ class CpuOps final : public Ops {
   void AddRmsNorm(Tensor& residual, const Tensor& delta, const Tensor& weight, float eps,
                   Tensor& out) override;
   void Linear(const Tensor& x, const Weight& w, Tensor& out) override;
+  void PrepareWeight(Weight& w) override;
   void SiluMul(const Tensor& gate, const Tensor& up, Tensor& out) override;
   void Add(Tensor& x, const Tensor& y) override;
   void ConcatColumns(const Tensor& a, const Tensor& b, Tensor& out) override;

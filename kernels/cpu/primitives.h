@@ -9,6 +9,9 @@
 
 namespace dserve::kernels::cpu {
 
+// Rows per group of a packed weight (Weight::packed).
+constexpr int64_t kPackRows = 16;
+
 struct Primitives {
   Isa isa;
   // Rows per call of gemm_rows (the packed panel height).
@@ -24,6 +27,10 @@ struct Primitives {
                     int64_t ldx, int64_t T, float* y, int64_t ldy);
   // dst[(r - row_begin) * w.cols + c] = W[r][c] as F32, scales applied.
   void (*decode_rows)(const Weight& w, int64_t row_begin, int64_t row_end, float* dst);
+  // gemv_rows/gemm_rows for a packed weight (w.packed, rows a multiple of 16, row_begin too):
+  // each output a plain sequential sum over k, the same for any number of tokens.
+  void (*packed_rows)(const Weight& w, int64_t row_begin, int64_t row_end, const float* x,
+                      int64_t ldx, int64_t T, float* y, int64_t ldy);
   float (*dot)(const float* a, const float* b, int64_t n);
   // y += a * x
   void (*axpy)(float a, const float* x, float* y, int64_t n);

@@ -67,15 +67,22 @@ TEST_P(LinearInvarianceTest, RowResultsDoNotDependOnBatchSize) {
   std::mt19937 rng(7);
   // 300 columns are not a multiple of any vector width (the generic path); 256 and 384 are.
   for (int64_t K : {256, 384, 300}) {
-    const int64_t N = 200;  // spans two FP8 row blocks, and a ragged last panel
-    const TestWeight w = RandomWeight(GetParam(), N, K, rng);
+    const int64_t N = 208;  // spans two FP8 row blocks, a ragged last panel, 13 packed groups
+    TestWeight w = RandomWeight(GetParam(), N, K, rng);
     std::normal_distribution<float> normal(0.0f, 1.0f);
     constexpr int64_t kMaxT = 23;
     std::vector<float> x(kMaxT * K);
     for (float& v : x) v = normal(rng);
+    // Also in the packed layout PrepareWeight gives large BF16/F32 matrices (the LM head);
+    // FP8 weights keep theirs.
+    for (bool pack : {false, true}) {
     for (Isa isa : SupportedIsas()) {
-      SCOPED_TRACE(std::string("isa ") + std::string(IsaName(isa)) + " K " + std::to_string(K));
+      SCOPED_TRACE(std::string("isa ") + std::string(IsaName(isa)) + " K " + std::to_string(K) +
+                   (pack ? " packed" : ""));
       CpuOps ops(2, isa);
+      w.w.packed = Tensor();
+      if (pack) ops.PrepareWeight(w.w);
+      EXPECT_EQ(w.w.packed.empty(), !pack || GetParam() == DType::kF8E4M3);
       std::vector<float> alone(kMaxT * N);
       for (int64_t t = 0; t < kMaxT; ++t) Linear(ops, x.data() + t * K, 1, w.w, &alone[t * N]);
       for (int64_t T : {2, 3, 4, 5, 6, 7, 8, 13, 16, 23}) {
@@ -86,6 +93,18 @@ TEST_P(LinearInvarianceTest, RowResultsDoNotDependOnBatchSize) {
               << "row " << t << " of a " << T << "-row batch differs from the row alone";
         }
       }
+      // And right: against float64 over the weight's real values (K float products).
+      for (int64_t t = 0; t < kMaxT; t += 7) {
+        for (int64_t r = 0; r < N; ++r) {
+          double want = 0, scale = 0;
+          for (int64_t k = 0; k < K; ++k) {
+            want += w.real[r * K + k] * x[t * K + k];
+            scale += std::fabs(w.real[r * K + k] * x[t * K + k]);
+          }
+          ASSERT_NEAR(alone[t * N + r], want, 1e-5 * scale) << "row " << r << " token " << t;
+        }
+      }
+    }
     }
   }
 }
