@@ -21,6 +21,8 @@ absl::StatusOr<RequestId> Engine::Submit(Request request, Callback callback) {
   const RequestId id = next_id_++;
   {
     std::lock_guard<std::mutex> lock(mu_);
+    // After shutdown began nothing more is queued: the loop's last pass would never see it.
+    if (stop_) return absl::FailedPreconditionError("the engine is shutting down");
     incoming_.emplace_back(id, std::move(request));
     callbacks_[id] = std::move(callback);
   }

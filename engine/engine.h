@@ -33,6 +33,7 @@ class Engine {
 
   // Validates (a bad request is an InvalidArgument naming the problem, nothing is queued) and
   // queues the request; `callback` receives every output, the last with request_finished.
+  // FailedPrecondition once the destructor has begun.
   absl::StatusOr<RequestId> Submit(Request request, Callback callback);
   void Cancel(RequestId id);
 

@@ -95,6 +95,11 @@ absl::Status EngineCore::Validate(const Request& r) const {
         "the prompt plus max_tokens needs ", pages, " KV-cache pages of ", kv_->page_size(),
         " tokens; the cache has ", kv_->num_pages(), " (raise --kv-cache-gb)"));
   }
+  if (r.params.n > config_.scheduler.max_num_seqs) {
+    return absl::InvalidArgumentError(absl::StrCat("n = ", r.params.n,
+                                                   " samples exceed --max-num-seqs ",
+                                                   config_.scheduler.max_num_seqs));
+  }
   if (!r.params.stop.empty() && (!tokenizer_ || !r.detokenize)) {
     return absl::InvalidArgumentError("stop strings need the engine's tokenizer and detokenize");
   }
@@ -109,6 +114,7 @@ std::unique_ptr<Sequence> EngineCore::NewSequence(const std::shared_ptr<RequestS
   if (tokenizer_ && request->request.detokenize) {
     seq->detokenizer =
         std::make_unique<IncrementalDetokenizer>(*tokenizer_, p.skip_special_tokens, p.stop);
+    seq->detokenizer->SetStopsArmed(p.min_tokens == 0);  // armed once min_tokens are out
   }
   ++request->live_samples;
   return seq;
@@ -193,6 +199,7 @@ void EngineCore::Accept(Sequence& seq, const SampledToken& sampled,
     reason = FinishReason::kStop;  // the stop token's text is not part of the output
     out.stop_token = t;
   } else if (seq.detokenizer) {
+    if (seq.generated() >= p.min_tokens) seq.detokenizer->SetStopsArmed(true);
     IncrementalDetokenizer::Delta delta = seq.detokenizer->Add(t);
     out.text = std::move(delta.text);
     if (delta.stopped) {

@@ -57,18 +57,21 @@ const KvCacheManager::SeqState& KvCacheManager::GetSeq(SeqId id) const {
   return it->second;
 }
 
-uint64_t KvCacheManager::PageHash(uint64_t parent_hash,
-                                  std::span<const int32_t> page_tokens) const {
+uint64_t KvCacheManager::PageHash(uint64_t parent_hash, std::span<const int32_t> page_tokens,
+                                  int64_t prompt_tokens) const {
   uint64_t h = Fmix64(parent_hash ^ kGolden);
+  h = Fmix64(h + kGolden + static_cast<uint64_t>(prompt_tokens));
   for (int32_t t : page_tokens) {
     h = Fmix64(h + kGolden + static_cast<uint32_t>(t));
   }
   return h;
 }
 
-int64_t KvCacheManager::StartSequence(SeqId id, std::span<const int32_t> tokens) {
+int64_t KvCacheManager::StartSequence(SeqId id, std::span<const int32_t> tokens,
+                                     int64_t prompt_len) {
   DSERVE_CHECK(!seqs_.contains(id)) << "sequence " << id << " already exists";
   SeqState& seq = seqs_[id];
+  seq.prompt_len = prompt_len < 0 ? static_cast<int64_t>(tokens.size()) : prompt_len;
   if (!enable_prefix_caching_) return 0;
 
   stats_.prefix_query_tokens += static_cast<int64_t>(tokens.size());
@@ -78,12 +81,13 @@ int64_t KvCacheManager::StartSequence(SeqId id, std::span<const int32_t> tokens)
   uint64_t parent = kChainSeed;
   for (int64_t i = 0; i < max_pages; ++i) {
     std::span<const int32_t> page_tokens = tokens.subspan(i * page_size_, page_size_);
-    const uint64_t h = PageHash(parent, page_tokens);
+    const int64_t prompt_tokens = PromptTokensInPage(seq.prompt_len, i);
+    const uint64_t h = PageHash(parent, page_tokens, prompt_tokens);
     auto it = hash_to_page_.find(h);
     if (it == hash_to_page_.end()) break;
     const int32_t p = it->second;
     Page& page = pages_[p];
-    if (page.parent_hash != parent ||
+    if (page.parent_hash != parent || page.prompt_tokens != prompt_tokens ||
         !std::equal(page.tokens.begin(), page.tokens.end(), page_tokens.begin(),
                     page_tokens.end())) {
       break;  // a hash collision: treat as a miss
@@ -161,7 +165,8 @@ void KvCacheManager::MarkComputed(SeqId id, std::span<const int32_t> tokens,
   for (size_t i = seq.hashes.size(); i < full; ++i) {
     const uint64_t parent = i == 0 ? kChainSeed : seq.hashes[i - 1];
     std::span<const int32_t> page_tokens = tokens.subspan(i * page_size_, page_size_);
-    const uint64_t h = PageHash(parent, page_tokens);
+    const int64_t prompt_tokens = PromptTokensInPage(seq.prompt_len, static_cast<int64_t>(i));
+    const uint64_t h = PageHash(parent, page_tokens, prompt_tokens);
     seq.hashes.push_back(h);
     const int32_t p = seq.block_table[i];
     if (pages_[p].registered) {
@@ -172,7 +177,7 @@ void KvCacheManager::MarkComputed(SeqId id, std::span<const int32_t> tokens,
     }
     // Another sequence computed the same content first: keep that page as the cached copy.
     if (hash_to_page_.contains(h)) continue;
-    Register(p, h, parent, page_tokens);
+    Register(p, h, parent, prompt_tokens, page_tokens);
   }
 }
 
@@ -236,11 +241,12 @@ void KvCacheManager::ReleasePage(int32_t p) {
 }
 
 void KvCacheManager::Register(int32_t p, uint64_t hash, uint64_t parent_hash,
-                              std::span<const int32_t> tokens) {
+                              int64_t prompt_tokens, std::span<const int32_t> tokens) {
   Page& page = pages_[p];
   page.registered = true;
   page.hash = hash;
   page.parent_hash = parent_hash;
+  page.prompt_tokens = prompt_tokens;
   page.tokens.assign(tokens.begin(), tokens.end());
   hash_to_page_.emplace(hash, p);
 }

@@ -2,6 +2,7 @@
 // block tables, reference counts, copy-on-write, and the prefix cache with its LRU of cached pages.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <span>
@@ -60,7 +61,10 @@ class KvCacheManager {
   // pages matching the leading full pages of `tokens`, but at most (tokens.size() - 1) / page_size
   // of them so that at least one token is left to compute (its logits are needed). Returns the
   // number of tokens covered, a multiple of page_size.
-  int64_t StartSequence(SeqId id, std::span<const int32_t> tokens);
+  // `prompt_len` (default: all of `tokens`) splits the tokens into prompt and generated ones:
+  // the engine computes the two kinds with different MLA forms, so a page's hash covers which
+  // of its tokens were prompt tokens and a cached page is reused only under the same split.
+  int64_t StartSequence(SeqId id, std::span<const int32_t> tokens, int64_t prompt_len = -1);
 
   // Pages Reserve(id, first_new, num_tokens) would take: pages beyond those the sequence holds so
   // that it can hold `num_tokens` tokens, plus one per held page in the write range
@@ -117,6 +121,7 @@ class KvCacheManager {
     uint64_t hash = 0;
     uint64_t parent_hash = 0;
     std::vector<int32_t> tokens;
+    int64_t prompt_tokens = 0;  // how many of `tokens` were prompt tokens
     // Intrusive LRU links (page indices, -1 at the ends); meaningful only while cached.
     int32_t lru_prev = -1;
     int32_t lru_next = -1;
@@ -124,6 +129,7 @@ class KvCacheManager {
 
   struct SeqState {
     std::vector<int32_t> block_table;
+    int64_t prompt_len = 0;
     // hashes[i] is the chained hash of full page i; its length is the number of pages hashed so
     // far, so each page is hashed once however often MarkComputed is called.
     std::vector<uint64_t> hashes;
@@ -137,12 +143,17 @@ class KvCacheManager {
                       size_t* end) const;
   int32_t AllocatePage();
   void ReleasePage(int32_t page);
-  void Register(int32_t page, uint64_t hash, uint64_t parent_hash,
+  void Register(int32_t page, uint64_t hash, uint64_t parent_hash, int64_t prompt_tokens,
                 std::span<const int32_t> tokens);
   void Unregister(int32_t page);
   void LruPushBack(int32_t page);
   void LruRemove(int32_t page);
-  uint64_t PageHash(uint64_t parent_hash, std::span<const int32_t> page_tokens) const;
+  uint64_t PageHash(uint64_t parent_hash, std::span<const int32_t> page_tokens,
+                    int64_t prompt_tokens) const;
+  // Prompt tokens among page `index` of a sequence with this prompt length.
+  int64_t PromptTokensInPage(int64_t prompt_len, int64_t index) const {
+    return std::clamp<int64_t>(prompt_len - index * page_size_, 0, page_size_);
+  }
 
   int64_t page_size_;
   bool enable_prefix_caching_;

@@ -10,6 +10,13 @@ namespace {
 // scheduled_ states of running_[i] during Schedule().
 constexpr char kUnscheduled = 0, kScheduled = 1, kPreempted = 2;
 
+// Running slots a sequence takes: a request's first sample before it forked holds room for
+// all n.
+int64_t Slots(const Sequence& seq) {
+  const RequestState& r = *seq.request;
+  return seq.index == 0 && !r.forked ? r.request.params.n : 1;
+}
+
 }  // namespace
 
 Scheduler::Scheduler(const SchedulerConfig& config, KvCacheManager& kv) : config_(config), kv_(kv) {
@@ -67,7 +74,7 @@ bool Scheduler::ReserveOrPreempt(Sequence* seq, int64_t n, SchedulerOutput& out)
 }
 
 bool Scheduler::TryAdmit(Sequence* seq, int64_t budget, SchedulerOutput& out) {
-  const int64_t cached = kv_.StartSequence(seq->id, seq->tokens);
+  const int64_t cached = kv_.StartSequence(seq->id, seq->tokens, seq->prompt_len);
   seq->num_computed = cached;
   const int64_t n = std::min(seq->pending(), budget);
   if (!kv_.Reserve(seq->id, seq->num_computed, seq->num_computed + n)) {
@@ -113,10 +120,14 @@ SchedulerOutput Scheduler::Schedule() {
     scheduled_.assign(running_.size(), kScheduled);
     return out;  // no admissions in a step that had to preempt
   }
-  // New work, first come first served, while budget, sequence slots and pages last.
-  while (!waiting_.empty() && budget > 0 &&
-         static_cast<int64_t>(running_.size()) < config_.max_num_seqs) {
+  // New work, first come first served, while budget, sequence slots and pages last. A request
+  // still to fork counts its n samples (EngineCore::Validate keeps n <= max_num_seqs).
+  int64_t occupied = 0;
+  for (const Sequence* seq : running_) occupied += Slots(*seq);
+  while (!waiting_.empty() && budget > 0) {
     Sequence* seq = waiting_.front();
+    if (occupied + Slots(*seq) > config_.max_num_seqs) break;
+    occupied += Slots(*seq);
     if (!TryAdmit(seq, budget, out)) break;
     waiting_.pop_front();
     budget -= out.work.back().num_tokens;

@@ -42,8 +42,10 @@ IncrementalDetokenizer::Delta IncrementalDetokenizer::Emit(bool final) {
   Delta d;
   // The earliest completed stop string ends the stream right before it.
   size_t stop_at = std::string::npos;
-  for (size_t i = 0; i < stops_.size(); ++i) {
-    const size_t at = held_text_.find(stops_[i]);
+  const std::vector<std::string> no_stops;
+  const std::vector<std::string>& stops = stops_armed_ ? stops_ : no_stops;
+  for (size_t i = 0; i < stops.size(); ++i) {
+    const size_t at = held_text_.find(stops[i]);
     if (at < stop_at) {
       stop_at = at;
       d.stop_index = static_cast<int>(i);
@@ -58,7 +60,7 @@ IncrementalDetokenizer::Delta IncrementalDetokenizer::Emit(bool final) {
     // Hold back the longest tail that is a proper prefix of some stop string.
     size_t hold = 0;
     if (!final) {
-      for (const std::string& s : stops_) {
+      for (const std::string& s : stops) {
         for (size_t n = std::min(s.size() - 1, held_text_.size()); n > hold; --n) {
           if (held_text_.compare(held_text_.size() - n, n, s, 0, n) == 0) {
             hold = n;

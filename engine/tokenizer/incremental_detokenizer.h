@@ -30,6 +30,9 @@ class IncrementalDetokenizer {
   // U+FFFD; a partial stop string is plain text after all).
   Delta Finish();
 
+  // While disarmed, stop strings are neither matched nor held back (min_tokens: a request may
+  // not stop before then); text emitted meanwhile is never part of a later match.
+  void SetStopsArmed(bool armed) { stops_armed_ = armed; }
   // Everything emitted so far.
   const std::string& text() const { return emitted_; }
 
@@ -45,6 +48,7 @@ class IncrementalDetokenizer {
   std::string emitted_;
   bool at_start_ = true;
   bool stopped_ = false;
+  bool stops_armed_ = true;
 };
 
 }  // namespace dserve::engine

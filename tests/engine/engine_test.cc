@@ -97,6 +97,78 @@ TEST(EngineTest, PrefixCacheHitsGiveTheSameTokens) {
   for (const Result& r : alone) EXPECT_EQ(r.usage.cached_prompt_tokens, 0);
 }
 
+TEST(EngineTest, AFollowUpPromptHoldingEarlierOutputMatchesItselfAlone) {
+  // Y's prompt is X's prompt + X's output + more (a chat's next turn). X's generated tokens
+  // were computed in the absorbed MLA form, Y's prompt tokens are computed in the naive form:
+  // Y may reuse X's prompt pages but not pages holding X's output, or Y would differ from Y
+  // alone.
+  std::mt19937 rng(12);
+  const Request x = Greedy(RandomPrompt(rng, 40), 30);  // pages of 16: X's output fills pages
+  const EngineConfig config = SmallConfig();
+  const Result x_alone = RunAll(config, {x})[0];
+  std::vector<int32_t> follow = x.prompt;
+  follow.insert(follow.end(), x_alone.tokens.at(0).begin(), x_alone.tokens.at(0).end());
+  const std::vector<int32_t> more = RandomPrompt(rng, 9);
+  follow.insert(follow.end(), more.begin(), more.end());
+  const Request y = Greedy(follow, 5);
+  const Result y_alone = RunAll(config, {y})[0];
+  // X first, Y once X is done (stagger far beyond X's 31 steps).
+  const std::vector<Result> both = RunAll(config, {x, y}, /*stagger=*/40);
+  EXPECT_EQ(both[1].tokens, y_alone.tokens);
+  EXPECT_EQ(both[1].logprobs, y_alone.logprobs);
+  EXPECT_EQ(both[1].usage.cached_prompt_tokens, 32) << "X's two all-prompt pages only";
+}
+
+TEST(EngineTest, MinTokensHoldsStopStringsBack) {
+  auto tokenizer = LoadTokenizer(models::DefaultTokenizerDir());
+  ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
+  std::mt19937 rng(8);
+  Request r = Greedy(RandomPrompt(rng, 30), 16);
+  r.detokenize = true;
+  const Result full = RunAll(SmallConfig(), {r}, 0, nullptr, nullptr, tokenizer->get())[0];
+  ASSERT_GE(full.text.size(), 12u);
+  // A stop string that first appears within the first tokens' text.
+  std::string prefix_text;
+  size_t k = 0;
+  while (prefix_text.size() < 3 && k < full.tokens.at(0).size()) {
+    auto piece = (*tokenizer)->Decode({full.tokens.at(0).begin(),
+                                       full.tokens.at(0).begin() + ++k}, true);
+    ASSERT_TRUE(piece.ok());
+    prefix_text = *piece;
+  }
+  ASSERT_GE(prefix_text.size(), 3u);
+  r.params.stop = {prefix_text.substr(0, 3)};
+  const Result early = RunAll(SmallConfig(), {r}, 0, nullptr, nullptr, tokenizer->get())[0];
+  EXPECT_EQ(early.finish.at(0), FinishReason::kStop);
+  EXPECT_LE(early.tokens.at(0).size(), k);
+  // With min_tokens = 16 the stop string cannot end it: all 16 tokens, finish "length".
+  r.params.min_tokens = 16;
+  const Result held = RunAll(SmallConfig(), {r}, 0, nullptr, nullptr, tokenizer->get())[0];
+  EXPECT_EQ(held.tokens.at(0), full.tokens.at(0));
+  EXPECT_EQ(held.finish.at(0), FinishReason::kLength);
+}
+
+TEST(EngineTest, RequestsStillToForkCountTheirSamplesAgainstMaxNumSeqs) {
+  EngineConfig config = SmallConfig();
+  config.scheduler.max_num_seqs = 4;
+  auto core = EngineCore::Create(MicroModel(), nullptr, config);
+  ASSERT_TRUE(core.ok());
+  Request r = Greedy({5, 6, 7}, 3);
+  r.params.temperature = 1.0f;
+  r.params.n = 5;
+  EXPECT_EQ((*core)->Validate(r).code(), absl::StatusCode::kInvalidArgument);
+  r.params.n = 3;
+  ASSERT_TRUE((*core)->Add(0, r).ok());
+  ASSERT_TRUE((*core)->Add(1, r).ok());  // 3 + 3 > 4: waits until the first is done
+  std::vector<RequestOutput> outputs;
+  int64_t max_running = 0;
+  while ((*core)->HasWork()) {
+    ASSERT_TRUE((*core)->Step(&outputs).ok());
+    max_running = std::max(max_running, (*core)->num_running());
+  }
+  EXPECT_EQ(max_running, 3);
+}
+
 TEST(EngineTest, RepeatedPreemptionGivesTheSameTokens) {
   const std::vector<Request> requests = MixedGreedyRequests(3);
   EngineConfig config = SmallConfig();

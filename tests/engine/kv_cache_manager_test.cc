@@ -490,3 +490,29 @@ TEST(KvCacheManagerTest, RandomizedStressWithoutPrefixCaching) {
 
 }  // namespace
 }  // namespace dserve::engine
+
+namespace dserve::engine {
+namespace {
+
+// The engine computes prompt and generated tokens with different MLA forms, so a page is
+// reused only under the same prompt/generated split of its tokens.
+TEST(KvCacheManagerTest, PagesAreReusedOnlyUnderTheSamePromptSplit) {
+  KvCacheManager m(KvCacheConfig{16, 4, true}, [](int32_t, int32_t) {});
+  std::vector<int32_t> tokens = {5, 6, 7, 8, 9, 10, 11, 12, 13};
+  // Sequence 1: a 6-token prompt, then 3 generated tokens; all 9 computed.
+  m.StartSequence(1, tokens, /*prompt_len=*/6);
+  ASSERT_TRUE(m.Reserve(1, 0, 9));
+  m.MarkComputed(1, tokens, 9);
+  m.Free(1);
+  // The same 9 tokens as one prompt: page 0 (all prompt in both) is reused, page 1 (two
+  // prompt + two generated tokens before) is not.
+  EXPECT_EQ(m.StartSequence(2, tokens), 4);
+  m.Free(2);
+  // Re-admitting with sequence 1's own split (preemption) reuses both pages.
+  EXPECT_EQ(m.StartSequence(3, tokens, 6), 8);
+  m.Free(3);
+  EXPECT_TRUE(m.CheckInvariants().ok());
+}
+
+}  // namespace
+}  // namespace dserve::engine
