@@ -16,8 +16,9 @@ fi
 run() { build/dserve bench --model "$model" --threads 2 --runs 3 "$@" 2>/dev/null; }
 echo "== concurrency 1 vs 16 =="
 run --num-prompts 32 --input-len 128 --output-len 128 --concurrency 1,16 "$@"
-for len in 128 512; do
+for spec in 128:128 512:64; do
+  len=${spec%:*} prompts=${spec#*:}
   echo
   echo "== prefix share 0 vs 0.5, ${len}-token prompts =="
-  run --num-prompts 32 --input-len "$len" --output-len 1 --concurrency 16 --prefix-share 0,0.5 "$@"
+  run --num-prompts "$prompts" --input-len "$len" --output-len 1 --concurrency 16 --prefix-share 0,0.5 "$@"
 done
