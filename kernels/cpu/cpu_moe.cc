@@ -120,27 +120,41 @@ void CpuOps::MoeExperts(const Tensor& x, std::span<const MlpWeights> experts, co
       routed[e].push_back({t, weights.data<float>()[t * K + k]});
     }
   }
+  // Experts run in parallel, each on one thread over all its tokens (a decode step gives an
+  // expert a handful of tokens: splitting its rows over threads would cost more in hand-offs
+  // than it saves). Outputs are then added into each token's row in expert order, so the
+  // sum does not depend on the threads.
+  std::vector<std::vector<float>> expert_out(E);
+  int64_t work = 0;
+  for (int e = 0; e < E; ++e) work += static_cast<int64_t>(routed[e].size());
+  const int64_t I = experts.empty() ? 0 : experts[0].gate.rows;
+  pool_.ParallelFor(E, GrainFor(std::max<int64_t>(1, work / std::max(E, 1)) * 3 * H * I),
+                    [&](int64_t b, int64_t end) {
+    std::vector<float> xs, gate, up;
+    for (int64_t e = b; e < end; ++e) {
+      const auto& tokens = routed[e];
+      if (tokens.empty()) continue;
+      const MlpWeights& m = experts[e];
+      const int64_t n = static_cast<int64_t>(tokens.size()), rows = m.gate.rows;
+      xs.resize(n * H);
+      gate.resize(n * rows);
+      up.resize(n * rows);
+      expert_out[e].resize(n * H);
+      for (int64_t i = 0; i < n; ++i) {
+        std::copy_n(x.data<float>() + tokens[i].first * H, H, xs.data() + i * H);
+      }
+      LinearRaw(xs.data(), n, m.gate, gate.data(), /*parallel=*/false);
+      LinearRaw(xs.data(), n, m.up, up.data(), /*parallel=*/false);
+      for (int64_t i = 0; i < n * rows; ++i) gate[i] = SiluTimes(gate[i], up[i]);
+      LinearRaw(gate.data(), n, m.down, expert_out[e].data(), /*parallel=*/false);
+    }
+  });
   std::fill(out.data<float>(), out.data<float>() + T * H, 0.0f);
-  std::vector<float> xs, gate, up, down;
   for (int e = 0; e < E; ++e) {
     const auto& tokens = routed[e];
-    if (tokens.empty()) continue;
-    const MlpWeights& m = experts[e];
-    const int64_t n = static_cast<int64_t>(tokens.size()), I = m.gate.rows;
-    xs.resize(n * H);
-    gate.resize(n * I);
-    up.resize(n * I);
-    down.resize(n * H);
-    for (int64_t i = 0; i < n; ++i) {
-      std::copy_n(x.data<float>() + tokens[i].first * H, H, xs.data() + i * H);
-    }
-    LinearRaw(xs.data(), n, m.gate, gate.data());
-    LinearRaw(xs.data(), n, m.up, up.data());
-    for (int64_t i = 0; i < n * I; ++i) gate[i] = SiluTimes(gate[i], up[i]);
-    LinearRaw(gate.data(), n, m.down, down.data());
-    for (int64_t i = 0; i < n; ++i) {
-      prims_.axpy(tokens[i].second, down.data() + i * H, out.data<float>() + tokens[i].first * H,
-                  H);
+    for (size_t i = 0; i < tokens.size(); ++i) {
+      prims_.axpy(tokens[i].second, expert_out[e].data() + i * H,
+                  out.data<float>() + tokens[i].first * H, H);
     }
   }
 }

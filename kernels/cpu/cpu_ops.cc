@@ -81,26 +81,33 @@ void CpuOps::PrepareWeight(Weight& w) {
   w.packed = std::move(packed);
 }
 
-void CpuOps::LinearRaw(const float* x, int64_t T, const Weight& w, float* y) {
+void CpuOps::LinearRaw(const float* x, int64_t T, const Weight& w, float* y, bool parallel) {
   const int64_t K = w.cols, N = w.rows;
+  // The same row ranges' arithmetic either way: only who runs them changes.
+  auto loop = [&](int64_t n, int64_t grain, auto&& fn) {
+    if (parallel) {
+      pool_.ParallelFor(n, grain, [&fn](int64_t b, int64_t e) { fn(b, e); });
+    } else if (n > 0) {
+      fn(int64_t{0}, n);
+    }
+  };
   if (!w.packed.empty()) {
     constexpr int64_t kPanel = 2 * kPackRows;
-    pool_.ParallelFor((N + kPanel - 1) / kPanel, GrainFor(kPanel * K * T),
-                      [&](int64_t b, int64_t e) {
-                        const int64_t r0 = b * kPanel, r1 = std::min(N, e * kPanel);
-                        prims_.packed_rows(w, r0, r1, x, K, T, y + r0, N);
-                      });
+    loop((N + kPanel - 1) / kPanel, GrainFor(kPanel * K * T), [&](int64_t b, int64_t e) {
+      const int64_t r0 = b * kPanel, r1 = std::min(N, e * kPanel);
+      prims_.packed_rows(w, r0, r1, x, K, T, y + r0, N);
+    });
     return;
   }
   if (T <= kGemvMaxTokens) {
-    pool_.ParallelFor(N, GrainFor(K * T), [&](int64_t b, int64_t e) {
+    loop(N, GrainFor(K * T), [&](int64_t b, int64_t e) {
       prims_.gemv_rows(w, b, e, x, K, T, y + b, N);
     });
     return;
   }
   const int64_t rows = prims_.panel_rows;
   const int64_t panels = (N + rows - 1) / rows;
-  pool_.ParallelFor(panels, GrainFor(rows * K * T), [&](int64_t b, int64_t e) {
+  loop(panels, GrainFor(rows * K * T), [&](int64_t b, int64_t e) {
     for (int64_t p = b; p < e; ++p) {
       const int64_t r0 = p * rows, r1 = std::min(N, r0 + rows);
       prims_.gemm_rows(w, r0, r1, x, K, T, y + r0, N);

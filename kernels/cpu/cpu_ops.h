@@ -43,8 +43,9 @@ class CpuOps final : public Ops {
                   const Tensor& weights, Tensor& out) override;
 
  private:
-  // Linear on raw row-major F32 buffers: y[T, w.rows] = x[T, w.cols] * W^T.
-  void LinearRaw(const float* x, int64_t T, const Weight& w, float* y);
+  // Linear on raw row-major F32 buffers: y[T, w.rows] = x[T, w.cols] * W^T; on the pool, or
+  // on the calling thread alone (callers that parallelise at a coarser level).
+  void LinearRaw(const float* x, int64_t T, const Weight& w, float* y, bool parallel = true);
   void MlaNaive(const MlaParams& p, const SequenceSlice& seq, const float* q, float* out);
   // Heads [head_begin, head_end) of one slice, single-threaded (MlaAttention spreads slices
   // and heads over the pool).
