@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 namespace dserve::kernels::cpu {
@@ -65,19 +66,27 @@ void CpuOps::PrepareWeight(Weight& w) {
       !w.packed.empty()) {
     return;
   }
-  const int64_t R = w.rows, K = w.cols, size = DTypeSize(w.dtype);
+  const int64_t R = w.rows, K = w.cols;
   Tensor packed = Empty(w.dtype, {R, K});
-  uint8_t* dst = static_cast<uint8_t*>(packed.raw());
-  pool_.ParallelFor(R / kPackRows, 1, [&](int64_t b, int64_t e) {
-    for (int64_t g = b; g < e; ++g) {
-      for (int64_t i = 0; i < kPackRows; ++i) {
-        const uint8_t* src = w.row_bytes(g * kPackRows + i);
+  auto pack = [&](auto* dst) {
+    using T = std::remove_pointer_t<decltype(dst)>;
+    const T* src = static_cast<const T*>(w.data);
+    pool_.ParallelFor(R / kPackRows, 1, [&](int64_t b, int64_t e) {
+      for (int64_t g = b; g < e; ++g) {
+        T* out = dst + g * K * kPackRows;
         for (int64_t k = 0; k < K; ++k) {
-          std::memcpy(dst + ((g * K + k) * kPackRows + i) * size, src + k * size, size);
+          for (int64_t i = 0; i < kPackRows; ++i) {
+            out[k * kPackRows + i] = src[(g * kPackRows + i) * K + k];
+          }
         }
       }
-    }
-  });
+    });
+  };
+  if (w.dtype == DType::kBF16) {
+    pack(packed.data<uint16_t>());
+  } else {
+    pack(packed.data<float>());
+  }
   w.packed = std::move(packed);
 }
 
