@@ -51,8 +51,8 @@ void Scheduler::Preempt(Sequence* seq, SchedulerOutput& out) {
   out.preempted.push_back(seq);
 }
 
-bool Scheduler::ReserveOrPreempt(Sequence* seq, int64_t n, SchedulerOutput& out) {
-  const size_t self = std::find(running_.begin(), running_.end(), seq) - running_.begin();
+bool Scheduler::ReserveOrPreempt(size_t self, int64_t n, SchedulerOutput& out) {
+  Sequence* seq = running_[self];
   while (!kv_.Reserve(seq->id, seq->num_computed, seq->num_computed + n)) {
     // The newest running sequence that has no work yet this step.
     size_t victim = running_.size();
@@ -102,7 +102,7 @@ SchedulerOutput Scheduler::Schedule() {
       Sequence* seq = running_[i];
       if (scheduled_[i] != kUnscheduled || (seq->pending() == 1) != decode_pass) continue;
       const int64_t n = std::min(seq->pending(), budget);
-      if (!ReserveOrPreempt(seq, n, out)) continue;
+      if (!ReserveOrPreempt(i, n, out)) continue;
       scheduled_[i] = kScheduled;
       out.work.push_back({seq, n});
       out.num_tokens += n;

@@ -49,9 +49,10 @@ class Scheduler {
   int64_t total_preemptions() const { return total_preemptions_; }
 
  private:
-  // "Does it fit": reserves pages for `n` more tokens of `seq`, preempting the newest running
-  // sequences not yet scheduled this step until it fits. False when `seq` itself was preempted.
-  bool ReserveOrPreempt(Sequence* seq, int64_t n, SchedulerOutput& out);
+  // "Does it fit": reserves pages for `n` more tokens of running_[self], preempting the newest
+  // running sequences not yet scheduled this step until it fits. False when it was itself
+  // preempted.
+  bool ReserveOrPreempt(size_t self, int64_t n, SchedulerOutput& out);
   void Preempt(Sequence* seq, SchedulerOutput& out);
   // Starts a waiting sequence in the KV cache (attaching its cached prefix). False if there
   // is no room for its first chunk; it then stays waiting, holding nothing.
