@@ -248,7 +248,7 @@ void CpuOps::MlaAbsorbed(const MlaParams& p, const SequenceSlice& seq, int64_t h
     // one product), the running latent output, row max and row sum.
     std::vector<float> qcat(heads * m * D, 0.0f), o_lat(heads * m * L, 0.0f);
     std::vector<float> row_max(heads * m, kNegInf), row_sum(heads * m, 0.0f);
-    std::vector<float> scores(m * B);
+    std::vector<float> scores(heads * m * B);
     for (int64_t h = head_begin; h < head_end; ++h) {
       // W_UK of this head: kv_b rows [h * kvw, h * kvw + nope); its W_UV follows.
       prims_.decode_rows(*p.kv_b, h * kvw, h * kvw + p.nope_dim, w_uk.data());
@@ -268,13 +268,21 @@ void CpuOps::MlaAbsorbed(const MlaParams& p, const SequenceSlice& seq, int64_t h
       const Weight key_matrix = F32Matrix(keys.data(), bs, D);
       // Queries that see at least one key of the block.
       const int64_t first = std::max<int64_t>(0, j0 - seq.cached_tokens - i0);
+      const int64_t rows = m - first;
+      // Every head scores the same latent keys: when all the group's queries see the block,
+      // one product covers all heads (each key row is then read once for four queries).
+      if (first == 0) {
+        prims_.gemv_rows(key_matrix, 0, bs, qcat.data(), D, heads * m, scores.data(), B);
+      }
       for (int64_t h = 0; h < heads; ++h) {
-        const int64_t rows = m - first;
-        prims_.gemv_rows(key_matrix, 0, bs, qcat.data() + (h * m + first) * D, D, rows,
-                         scores.data(), B);
+        float* head_scores = scores.data() + h * m * B;
+        if (first > 0) {
+          prims_.gemv_rows(key_matrix, 0, bs, qcat.data() + (h * m + first) * D, D, rows,
+                           head_scores + first * B, B);
+        }
         for (int64_t i = 0; i < rows; ++i) {
           const int64_t qi = first + i, state = h * m + qi;
-          float* srow = scores.data() + i * B;
+          float* srow = head_scores + qi * B;
           const int64_t visible = std::min(bs, seq.cached_tokens + i0 + qi - j0 + 1);
           std::fill(srow + visible, srow + B, kNegInf);
           const float new_max = std::max(row_max[state], prims_.max_value(srow, visible));
