@@ -22,7 +22,6 @@ struct RequestState {
   int live_samples = 0;              // samples not yet finished
   int64_t completion_tokens = 0;
   bool forked = false;               // the n - 1 further samples exist
-  bool cancelled = false;
 };
 
 struct Sequence {
@@ -51,7 +50,6 @@ struct Sequence {
   int64_t generated() const { return static_cast<int64_t>(tokens.size()) - prompt_len; }
   // Tokens still to run through the model before the next sample.
   int64_t pending() const { return static_cast<int64_t>(tokens.size()) - num_computed; }
-  bool in_prefill() const { return num_computed < prompt_len; }
   const SamplingParams& params() const { return request->request.params; }
 };
 
