@@ -105,7 +105,12 @@ struct Weigher {
 };
 
 // Largest element, NaN ignored (-inf when there is none). Independent lanes let the compiler
-// use packed max instructions; a single running max would be a serial dependency chain.
+// use packed max instructions; a single running max would be a serial dependency chain. Built
+// for the widest vectors the CPU has (the engine is otherwise compiled for baseline x86-64):
+// greedy decoding scans the whole vocabulary per token.
+#if defined(__x86_64__)
+__attribute__((target_clones("avx512f", "avx2", "default")))
+#endif
 float MaxOf(const float* x, size_t n) {
   constexpr size_t kLanes = 16;
   float lanes[kLanes];

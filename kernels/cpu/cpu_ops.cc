@@ -101,10 +101,19 @@ void CpuOps::LinearRaw(const float* x, int64_t T, const Weight& w, float* y, boo
     }
   };
   if (!w.packed.empty()) {
+    // Laid out once here rather than in every chunk of rows (thread-local: MoE experts call
+    // this from several threads at once).
+    thread_local std::vector<float> tiled;
+    const float* xt = x;
+    if (T > 1) {
+      tiled.resize(static_cast<size_t>(T * K));
+      TileTokens(x, K, T, K, prims_.pack_tokens, tiled.data());
+      xt = tiled.data();
+    }
     constexpr int64_t kPanel = 2 * kPackRows;
     loop((N + kPanel - 1) / kPanel, GrainFor(kPanel * K * T), [&](int64_t b, int64_t e) {
       const int64_t r0 = b * kPanel, r1 = std::min(N, e * kPanel);
-      prims_.packed_rows(w, r0, r1, x, K, T, y + r0, N);
+      prims_.packed_rows(w, r0, r1, xt, T, y + r0, N);
     });
     return;
   }

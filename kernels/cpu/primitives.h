@@ -27,10 +27,13 @@ struct Primitives {
                     int64_t ldx, int64_t T, float* y, int64_t ldy);
   // dst[(r - row_begin) * w.cols + c] = W[r][c] as F32, scales applied.
   void (*decode_rows)(const Weight& w, int64_t row_begin, int64_t row_end, float* dst);
-  // gemv_rows/gemm_rows for a packed weight (w.packed, rows a multiple of 16, row_begin too):
-  // each output a plain sequential sum over k, the same for any number of tokens.
-  void (*packed_rows)(const Weight& w, int64_t row_begin, int64_t row_end, const float* x,
-                      int64_t ldx, int64_t T, float* y, int64_t ldy);
+  // Tokens per tile of packed_rows' activation layout (see TileTokens).
+  int64_t pack_tokens;
+  // gemv_rows/gemm_rows for a packed weight (w.packed, rows a multiple of 16, row_begin too),
+  // the T tokens' activations given as TileTokens lays them out: each output a plain
+  // sequential sum over k, the same for any number of tokens.
+  void (*packed_rows)(const Weight& w, int64_t row_begin, int64_t row_end, const float* xt,
+                      int64_t T, float* y, int64_t ldy);
   float (*dot)(const float* a, const float* b, int64_t n);
   // y += a * x
   void (*axpy)(float a, const float* x, float* y, int64_t n);
@@ -41,6 +44,21 @@ struct Primitives {
 };
 
 const Primitives& GetPrimitives(Isa isa);
+
+// packed_rows' activation layout: tokens in tiles of `tile` (the last may be shorter), tile j
+// at xt + j * tile * K holding its n tokens column-major ([K][n]), so that one column's
+// activations for the whole tile are adjacent and addressed from one pointer. One token's
+// layout is its own row.
+inline void TileTokens(const float* x, int64_t ldx, int64_t T, int64_t K, int64_t tile,
+                       float* xt) {
+  for (int64_t t0 = 0; t0 < T; t0 += tile) {
+    const int64_t n = T - t0 < tile ? T - t0 : tile;
+    float* out = xt + t0 * K;
+    for (int64_t k = 0; k < K; ++k) {
+      for (int64_t t = 0; t < n; ++t) out[k * n + t] = x[(t0 + t) * ldx + k];
+    }
+  }
+}
 
 namespace scalar {
 extern const Primitives kPrimitives;
