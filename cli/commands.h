@@ -18,5 +18,7 @@ int RunTokenize(const Args& args);
 int RunDetokenize(const Args& args);
 int RunBenchTokenizer(const Args& args);
 int RunChatTemplate(const Args& args);
+int RunServe(const Args& args);
+int RunBenchServe(const Args& args);
 
 }  // namespace dserve::cli

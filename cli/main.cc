@@ -27,6 +27,10 @@ constexpr Command kCommands[] = {
     {"detokenize", dserve::cli::RunDetokenize, "JSON arrays of token ids -> JSON strings"},
     {"bench-tokenizer", dserve::cli::RunBenchTokenizer, "single-threaded encode throughput"},
     {"chat-template", dserve::cli::RunChatTemplate, "render a checkpoint's chat template"},
+#if defined(DSERVE_SERVER)
+    {"serve", dserve::cli::RunServe, "serve the OpenAI-compatible HTTP API and gRPC"},
+    {"bench-serve", dserve::cli::RunBenchServe, "load generator against a running server"},
+#endif
 };
 
 void PrintUsage(FILE* out) {

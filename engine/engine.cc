@@ -4,8 +4,10 @@
 
 namespace dserve::engine {
 
-Engine::Engine(std::unique_ptr<EngineCore> core)
-    : core_(std::move(core)), thread_([this] { Loop(); }) {}
+Engine::Engine(std::unique_ptr<EngineCore> core) : core_(std::move(core)) {
+  UpdateGauges();
+  thread_ = std::thread([this] { Loop(); });
+}
 
 Engine::~Engine() {
   {
@@ -53,9 +55,26 @@ int64_t Engine::total_preemptions() const {
   return preemptions_;
 }
 
+EngineGauges Engine::gauges() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  EngineGauges g = gauges_;
+  g.waiting += static_cast<int64_t>(incoming_.size());
+  return g;
+}
+
 absl::Status Engine::last_error() const {
   std::lock_guard<std::mutex> lock(mu_);
   return last_error_;
+}
+
+void Engine::UpdateGauges() {
+  gauges_.running = core_->num_running();
+  gauges_.waiting = core_->num_waiting();
+  gauges_.kv_used_pages = core_->kv().num_used_pages();
+  gauges_.kv_cached_pages = core_->kv().num_cached_pages();
+  gauges_.kv_total_pages = core_->num_pages();
+  gauges_.page_size = core_->page_size();
+  gauges_.preemptions = core_->total_preemptions();
 }
 
 void Engine::Loop() {
@@ -111,6 +130,7 @@ void Engine::Loop() {
       std::lock_guard<std::mutex> lock(mu_);
       stats_ = core_->stats();
       preemptions_ = core_->total_preemptions();
+      UpdateGauges();
       if (!status.ok()) last_error_ = status;
     }
     if (stop && !core_->HasWork()) return;

@@ -21,6 +21,17 @@
 
 namespace dserve::engine {
 
+// The engine's state after its latest step, for metrics and admission control.
+struct EngineGauges {
+  int64_t running = 0;  // sequences holding KV pages
+  int64_t waiting = 0;  // queued, not yet admitted (submitted but not yet seen included)
+  int64_t kv_used_pages = 0;    // held by sequences
+  int64_t kv_cached_pages = 0;  // prefix-cached, held by none (reusable, count as free)
+  int64_t kv_total_pages = 0;
+  int64_t page_size = 0;
+  int64_t preemptions = 0;
+};
+
 class Engine {
  public:
   using Callback = std::function<void(const RequestOutput&)>;
@@ -35,6 +46,8 @@ class Engine {
   // queues the request; `callback` receives every output, the last with request_finished.
   // FailedPrecondition once the destructor has begun.
   absl::StatusOr<RequestId> Submit(Request request, Callback callback);
+  // Submit's checks alone (thread-safe): lets a caller vet several requests before queueing any.
+  absl::Status Validate(const Request& request) const { return core_->Validate(request); }
   void Cancel(RequestId id);
 
   // Requests submitted and not yet finished.
@@ -42,11 +55,13 @@ class Engine {
   // The core's counters, read on the engine thread between steps.
   EngineStats stats() const;
   int64_t total_preemptions() const;
+  EngineGauges gauges() const;
   // Status of the last failed step (OK if none).
   absl::Status last_error() const;
 
  private:
   void Loop();
+  void UpdateGauges();  // under mu_
 
   std::unique_ptr<EngineCore> core_;
   mutable std::mutex mu_;
@@ -56,6 +71,7 @@ class Engine {
   std::unordered_map<RequestId, Callback> callbacks_;
   EngineStats stats_;
   int64_t preemptions_ = 0;
+  EngineGauges gauges_;  // as of the latest step
   absl::Status last_error_;
   bool stop_ = false;
   std::atomic<RequestId> next_id_{1};

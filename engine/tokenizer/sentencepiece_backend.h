@@ -1,6 +1,6 @@
-// SentencePieceBackend: libsentencepiece behind standard types only. Debian's
-// sentencepiece_processor.h declares its own absl::string_view, which clashes with real
-// Abseil, so it is included by sentencepiece_backend.cc alone.
+// SentencePieceBackend: libsentencepiece behind standard types only, reached through a plugin
+// loaded at first use (sentencepiece_plugin_api.h says why). Load() reports a missing plugin
+// like any other load failure.
 #pragma once
 
 #include <memory>

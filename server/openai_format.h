@@ -1,0 +1,56 @@
+// OpenAI wire shapes of generation results: streaming chunks (chat.completion.chunk,
+// text_completion) and whole responses (chat.completion, text_completion), built from the
+// GenerationService's choice deltas. ResponseBuilder accumulates deltas for non-streaming
+// replies; the chunk functions format one event's deltas for SSE.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "engine/request.h"
+#include "nlohmann/json.hpp"
+#include "server/generation_service.h"
+
+namespace dserve::server {
+
+// What every chunk and response of one generation repeats.
+struct ResponseHeader {
+  std::string id;
+  int64_t created = 0;
+  std::string model;
+  bool chat = true;
+};
+
+nlohmann::json UsageJson(const engine::Usage& usage);
+
+// The chunk that opens a chat choice in a stream: delta {"role": "assistant", "content": ""}.
+nlohmann::json ChatRoleChunk(const ResponseHeader& h, int index, bool include_usage);
+// One chunk for one choice's delta (chat.completion.chunk or text_completion). text_offset:
+// completions' running character offset of the choice, advanced past this delta's tokens.
+nlohmann::json DeltaChunk(const ResponseHeader& h, const ChoiceDelta& d, bool include_usage,
+                          int64_t* text_offset);
+// The stream's last chunk with include_usage: no choices, the usage.
+nlohmann::json UsageChunk(const ResponseHeader& h, const engine::Usage& usage);
+
+// Accumulates a whole generation for a non-streaming reply.
+class ResponseBuilder {
+ public:
+  ResponseBuilder(ResponseHeader header, int num_choices, bool want_logprobs);
+  void Add(const ChoiceDelta& d);
+  nlohmann::json Build(const engine::Usage& usage) const;
+
+ private:
+  struct Choice {
+    std::string content, reasoning;
+    std::vector<ToolCall> tool_calls;
+    std::vector<TokenLogprob> logprobs;
+    std::string finish_reason;
+  };
+  ResponseHeader header_;
+  bool want_logprobs_;
+  std::vector<Choice> choices_;
+};
+
+}  // namespace dserve::server
