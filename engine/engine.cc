@@ -1,5 +1,7 @@
 #include "engine/engine.h"
 
+#include <pthread.h>
+
 #include <utility>
 
 namespace dserve::engine {
@@ -7,6 +9,7 @@ namespace dserve::engine {
 Engine::Engine(std::unique_ptr<EngineCore> core) : core_(std::move(core)) {
   UpdateGauges();
   thread_ = std::thread([this] { Loop(); });
+  pthread_setname_np(thread_.native_handle(), "dserve-engine");
 }
 
 Engine::~Engine() {

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Sets up the machine, builds, and runs the main job on the embedded default model: a
-# generated tiny-v3 checkpoint (written once to .cache/models/), greedy generation on it.
-# Until the server exists (engine + front-end issues), the main job is `dserve generate`.
+# Sets up the machine, builds, and serves the embedded default model: a generated tiny-v3
+# checkpoint (written once to .cache/models/) behind the OpenAI-compatible HTTP API on
+# 127.0.0.1:8000 and gRPC on 127.0.0.1:50051, as "tiny-v3". Extra arguments go to
+# `dserve serve` (e.g. --port 9000 --api-key KEY). Ctrl-C drains and stops it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -10,5 +11,4 @@ model=".cache/models/tiny-v3-seed0"
 if [ ! -f "$model/model.safetensors.index.json" ]; then
   build/dserve make-model --preset tiny-v3 --seed 0 --out "$model"
 fi
-exec build/dserve generate --model "$model" --tokens 0,6372,2736,4456,16,1522,15,2645,304 \
-  --max-tokens 32 "$@"
+exec build/dserve serve --model "$model" --served-model-name tiny-v3 "$@"

@@ -4,7 +4,6 @@
 #include <random>
 
 #include "absl/strings/str_cat.h"
-#include "server/reasoning_parser.h"
 
 namespace dserve::server {
 namespace {
@@ -26,21 +25,6 @@ int64_t UnixSeconds() {
       .count();
 }
 
-std::string_view FinishName(engine::FinishReason reason, bool tool_calls) {
-  switch (reason) {
-    case engine::FinishReason::kStop:
-      return tool_calls ? "tool_calls" : "stop";
-    case engine::FinishReason::kLength:
-      return "length";
-    case engine::FinishReason::kCancelled:
-      return "abort";
-    case engine::FinishReason::kError:
-    case engine::FinishReason::kNone:
-      break;
-  }
-  return "error";
-}
-
 // Whether the request's tools are live: tool-call markers are then kept in the text (they are
 // special tokens) and parsed out of it.
 bool ToolsActive(const GenerationSpec& spec) {
@@ -50,40 +34,9 @@ bool ToolsActive(const GenerationSpec& spec) {
 
 }  // namespace
 
-std::string TokenText(std::string_view bytes) {
-  std::string out;
-  out.reserve(bytes.size());
-  size_t i = 0;
-  while (i < bytes.size()) {
-    const auto c = static_cast<unsigned char>(bytes[i]);
-    int len = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 0;
-    bool ok = len > 0 && i + len <= bytes.size();
-    for (int k = 1; ok && k < len; ++k) {
-      ok = (static_cast<unsigned char>(bytes[i + k]) & 0xC0) == 0x80;
-    }
-    if (ok && len > 1) {  // reject overlong forms, surrogates and values past U+10FFFF
-      uint32_t cp = c & (0xFF >> (len + 1));
-      for (int k = 1; k < len; ++k) cp = (cp << 6) | (static_cast<unsigned char>(bytes[i + k]) & 0x3F);
-      static constexpr uint32_t kMin[] = {0, 0, 0x80, 0x800, 0x10000};
-      ok = cp >= kMin[len] && cp <= 0x10FFFF && !(cp >= 0xD800 && cp <= 0xDFFF);
-    }
-    if (ok) {
-      out.append(bytes.substr(i, len));
-      i += len;
-    } else {
-      out += "\xEF\xBF\xBD";
-      ++i;
-    }
-  }
-  return out;
-}
-
-// Per choice: the parsers its text runs through and its latency bookkeeping.
+// Per choice: its translator and latency bookkeeping.
 struct Generation::Choice {
-  std::unique_ptr<ReasoningParser> reasoning;  // chat only
-  std::unique_ptr<ToolCallParser> tools;       // when the request's tools are live
-  std::string echo;                            // completions with echo: the prompt text
-  bool finished = false;
+  std::unique_ptr<ChoiceTranslator> translator;
   Clock::time_point last_token;
 };
 
@@ -91,12 +44,10 @@ struct Generation::Choice {
 struct Generation::State {
   EventSink sink;
   ServerMetrics* metrics = nullptr;
-  const engine::Tokenizer* tokenizer = nullptr;
   std::shared_ptr<std::atomic<int64_t>> active;
   std::vector<Choice> choices;
   int n = 1;                  // samples per prompt
   int prompts_left = 0;       // engine requests not yet finished
-  bool want_logprobs = false;
   Clock::time_point start;
   bool first_token_seen = false;
   engine::Usage usage;
@@ -106,74 +57,8 @@ struct Generation::State {
   // fails, which this lock orders against them.
   std::mutex mu;
 
-  ChoiceDelta Translate(int choice_index, const engine::RequestOutput& out);
   void OnOutput(int prompt_index, const engine::RequestOutput& out);
 };
-
-ChoiceDelta Generation::State::Translate(int choice_index, const engine::RequestOutput& out) {
-  Choice& c = choices[choice_index];
-  ChoiceDelta d;
-  d.index = choice_index;
-  d.num_tokens = static_cast<int64_t>(out.tokens.size());
-  d.token_ids = out.tokens;
-  std::string text = out.text;
-  if (!c.echo.empty()) {
-    text = c.echo + text;
-    c.echo.clear();
-  }
-  const bool finishing = out.finish != engine::FinishReason::kNone;
-  auto route = [&](std::string_view content) {
-    if (!c.tools) {
-      d.content += content;
-      return;
-    }
-    ToolCallParser::Delta t = c.tools->Push(content);
-    d.content += t.content;
-    for (auto& call : t.calls) d.tool_calls.push_back(std::move(call));
-  };
-  if (c.reasoning) {
-    ReasoningParser::Delta r = c.reasoning->Push(text);
-    d.reasoning += r.reasoning;
-    route(r.content);
-    if (finishing) {
-      ReasoningParser::Delta tail = c.reasoning->Finish();
-      d.reasoning += tail.reasoning;
-      route(tail.content);
-    }
-  } else {
-    route(text);
-  }
-  if (finishing && c.tools) {
-    ToolCallParser::Delta t = c.tools->Finish();
-    d.content += t.content;
-    for (auto& call : t.calls) d.tool_calls.push_back(std::move(call));
-  }
-  if (want_logprobs) {
-    for (const engine::SampledToken& s : out.logprobs) {
-      TokenLogprob lp;
-      lp.id = s.token;
-      lp.bytes = std::string(tokenizer->TokenBytes(s.token));
-      lp.token = TokenText(lp.bytes);
-      lp.logprob = s.logprob;
-      for (const engine::TokenLogprob& t : s.top) {
-        TopLogprob top;
-        top.id = t.token;
-        top.bytes = std::string(tokenizer->TokenBytes(t.token));
-        top.token = TokenText(top.bytes);
-        top.logprob = t.logprob;
-        lp.top.push_back(std::move(top));
-      }
-      d.logprobs.push_back(std::move(lp));
-    }
-  }
-  if (finishing) {
-    c.finished = true;
-    const bool saw_calls = c.tools && c.tools->saw_tool_calls();
-    d.finish_reason = std::string(FinishName(out.finish, saw_calls));
-    if (metrics) metrics->RequestFinished(*d.finish_reason);
-  }
-  return d;
-}
 
 void Generation::State::OnOutput(int prompt_index, const engine::RequestOutput& out) {
   std::lock_guard<std::mutex> lock(mu);
@@ -194,7 +79,11 @@ void Generation::State::OnOutput(int prompt_index, const engine::RequestOutput& 
       first_token_seen = true;
       c.last_token = now;
     }
-    if (!c.finished) event.choices.push_back(Translate(choice_index, out));
+    if (!c.translator->finished()) {
+      event.choices.push_back(c.translator->Translate(out));
+      const auto& reason = event.choices.back().finish_reason;
+      if (reason && metrics) metrics->RequestFinished(*reason);
+    }
   }
   if (!out.error.empty() && error.empty()) error = out.error;
   if (out.request_finished) {
@@ -382,18 +271,19 @@ std::variant<std::shared_ptr<Generation>, ApiError> GenerationService::Start(
   auto state = std::make_shared<Generation::State>();
   state->sink = std::move(sink);
   state->metrics = metrics_;
-  state->tokenizer = &tokenizer_;
   state->active = active_;
   state->n = params.n;
   state->prompts_left = static_cast<int>(requests.size());
-  state->want_logprobs = spec.want_logprobs;
   state->start = Clock::now();
   state->choices.resize(generation->num_choices_);
   for (int i = 0; i < generation->num_choices_; ++i) {
-    Generation::Choice& c = state->choices[i];
-    if (spec.chat) c.reasoning = std::make_unique<ReasoningParser>(opens_reasoning);
-    if (tools) c.tools = std::make_unique<ToolCallParser>();
-    if (!spec.chat && spec.echo) c.echo = prompt_texts[i / params.n];
+    ChoiceTranslator::Options o;
+    o.reasoning = spec.chat;
+    o.starts_in_reasoning = opens_reasoning;
+    o.tools = tools;
+    o.logprobs = spec.want_logprobs;
+    if (!spec.chat && spec.echo) o.echo = prompt_texts[i / params.n];
+    state->choices[i].translator = std::make_unique<ChoiceTranslator>(i, o, &tokenizer_);
   }
 
   {

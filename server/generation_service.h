@@ -22,7 +22,7 @@
 #include "server/api_types.h"
 #include "server/metrics.h"
 #include "server/openai_parse.h"
-#include "server/tool_call_parser.h"
+#include "server/choice_translator.h"
 
 namespace dserve::server {
 
@@ -33,34 +33,6 @@ struct ServiceConfig {
   int64_t max_queue = 1024;
   // The longest prompt + completion served: the model's context, capped by the KV cache.
   int64_t max_model_len = 0;
-};
-
-struct TopLogprob {
-  int32_t id = 0;
-  std::string token;  // the token's text (invalid UTF-8 replaced by U+FFFD)
-  std::string bytes;  // its raw bytes
-  float logprob = 0;
-};
-
-struct TokenLogprob {
-  int32_t id = 0;
-  std::string token;
-  std::string bytes;
-  float logprob = 0;
-  std::vector<TopLogprob> top;
-};
-
-// One choice's news in one event.
-struct ChoiceDelta {
-  int index = 0;
-  std::string content;
-  std::string reasoning;
-  std::vector<ToolCallParser::Delta::CallDelta> tool_calls;
-  std::vector<TokenLogprob> logprobs;  // one per token of this delta, when asked for
-  int64_t num_tokens = 0;
-  std::vector<int32_t> token_ids;  // the tokens this delta's text came from
-  // Set on the choice's last delta: "stop", "length", "tool_calls", "abort" or "error".
-  std::optional<std::string> finish_reason;
 };
 
 struct GenerationEvent {
@@ -141,9 +113,5 @@ class GenerationService {
   std::mutex live_mu_;
   std::vector<std::weak_ptr<Generation>> live_;  // for CancelAll; pruned as it grows
 };
-
-// Token text for logprobs: the bytes if they are valid UTF-8, else with U+FFFD for each
-// invalid sequence (a byte-level BPE token may hold part of a character).
-std::string TokenText(std::string_view bytes);
 
 }  // namespace dserve::server

@@ -9,6 +9,8 @@
 #include <thread>
 #include <unordered_map>
 
+#include <pthread.h>
+
 #include <boost/asio.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
@@ -401,6 +403,7 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(HttpHandler handle
   impl->Accept();
   for (int i = 0; i < std::max(1, options.threads); ++i) {
     impl->threads.emplace_back([ioc = &impl->ioc] { ioc->run(); });
+    pthread_setname_np(impl->threads.back().native_handle(), "dserve-http");
   }
   return std::unique_ptr<HttpServer>(new HttpServer(std::move(impl)));
 }
