@@ -79,8 +79,12 @@ struct Figures {
   std::string first_error;
 };
 
+// At most ~200 bytes, cut at a UTF-8 character boundary.
 std::string Clip(std::string_view s) {
-  return s.size() <= 200 ? std::string(s) : absl::StrCat(std::string(s.substr(0, 200)), "...");
+  if (s.size() <= 200) return std::string(s);
+  size_t end = 200;
+  while (end > 0 && (static_cast<unsigned char>(s[end]) & 0xC0) == 0x80) --end;
+  return absl::StrCat(std::string(s.substr(0, end)), "...");
 }
 
 std::string ErrorMessage(const json& j) {
@@ -89,7 +93,7 @@ std::string ErrorMessage(const json& j) {
     const auto m = e->find("message");
     if (m != e->end() && m->is_string()) return m->get<std::string>();
   }
-  return Clip(j.dump());
+  return Clip(j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
 }
 
 // "HTTP 404: <the error's message>" for a non-200 answer (errors are OpenAI-style JSON).
@@ -122,7 +126,7 @@ std::string RequestBody(const Config& c, const std::vector<int32_t>& prompt, int
   json j = {{"model", c.model},   {"prompt", prompt}, {"max_tokens", max_tokens},
             {"ignore_eos", true}, {"temperature", 0}, {"stream", c.stream}};
   if (c.stream) j["stream_options"] = {{"include_usage", true}};
-  return j.dump();
+  return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
 Sample Streamed(HttpClient& client, const Config& c, const std::string& body) {
@@ -199,8 +203,9 @@ Sample Whole(HttpClient& client, const Config& c, const std::string& body) {
 }
 
 std::vector<int32_t> RandomPrompt(std::mt19937& rng, int64_t len) {
-  // Ids past the special and common tokens; uniform, so prompts share no prefix.
-  std::uniform_int_distribution<int32_t> id(1000, 99999);
+  // Uniform in [100, 1000): past the special tokens and inside any real vocabulary (and the
+  // small test models'); random prompts share no prefix worth caching.
+  std::uniform_int_distribution<int32_t> id(100, 999);
   std::vector<int32_t> prompt(len);
   for (int32_t& t : prompt) t = id(rng);
   return prompt;
@@ -385,11 +390,11 @@ absl::Status Run(const Flags& flags, bool* some_run_failed) {
 
   if (flags.GetBool("json")) {
     if (runs.size() == 1) {
-      std::printf("%s\n", ToJson(c, runs[0]).dump().c_str());
+      std::printf("%s\n", ToJson(c, runs[0]).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
     } else {
       nlohmann::ordered_json all = nlohmann::ordered_json::array();
       for (const Figures& f : runs) all.push_back(ToJson(c, f));
-      std::printf("%s\n", nlohmann::ordered_json{{"runs", all}}.dump().c_str());
+      std::printf("%s\n", nlohmann::ordered_json{{"runs", all}}.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
     }
   } else {
     for (size_t i = 0; i < runs.size(); ++i) {

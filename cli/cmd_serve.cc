@@ -156,6 +156,7 @@ absl::Status Serve(const Flags& flags) {
   std::fflush(stdout);
   http->StopAccepting();
   service.BeginShutdown();
+  if (grpc) grpc->BeginDrain();
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(shutdown_s);
   while (service.active() > 0 && std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(milliseconds(20));
@@ -169,6 +170,9 @@ absl::Status Serve(const Flags& flags) {
       std::this_thread::sleep_for(milliseconds(10));
     }
   }
+  // Whatever is left is cancelled and its last callbacks delivered while everything they
+  // reach (metrics, connections) still exists.
+  engine.Shutdown();
   if (grpc) grpc->Shutdown(milliseconds(1000));
   http->WaitIdle(milliseconds(2000));
   http->Stop();

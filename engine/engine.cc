@@ -12,13 +12,15 @@ Engine::Engine(std::unique_ptr<EngineCore> core) : core_(std::move(core)) {
   pthread_setname_np(thread_.native_handle(), "dserve-engine");
 }
 
-Engine::~Engine() {
+Engine::~Engine() { Shutdown(); }
+
+void Engine::Shutdown() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     stop_ = true;
   }
   wake_.notify_all();
-  thread_.join();
+  if (thread_.joinable()) thread_.join();
 }
 
 absl::StatusOr<RequestId> Engine::Submit(Request request, Callback callback) {

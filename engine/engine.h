@@ -37,8 +37,12 @@ class Engine {
   using Callback = std::function<void(const RequestOutput&)>;
 
   explicit Engine(std::unique_ptr<EngineCore> core);
-  // Cancels whatever still runs (callbacks see kCancelled) and joins the engine thread.
+  // Shutdown().
   ~Engine();
+  // Cancels whatever still runs (callbacks see kCancelled, delivered before this returns),
+  // refuses further Submits and joins the engine thread. Idempotent; call it before tearing
+  // down what the callbacks reach.
+  void Shutdown();
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;
 

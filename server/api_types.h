@@ -49,7 +49,8 @@ struct GenerationSpec {
   // the chat template receives them.
   nlohmann::ordered_json messages = nlohmann::ordered_json::array();
   nlohmann::ordered_json tools;  // null when absent
-  // "auto" | "none" | "required" | {"type": "function", "function": {"name": ...}}; null absent.
+  // "auto" | "none"; null when absent ("required" and named functions are refused by the
+  // parser: there is no constrained decoding to force a call).
   nlohmann::ordered_json tool_choice;
   nlohmann::ordered_json chat_template_kwargs = nlohmann::ordered_json::object();
   bool add_generation_prompt = true;

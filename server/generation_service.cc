@@ -256,7 +256,7 @@ std::variant<std::shared_ptr<Generation>, ApiError> GenerationService::Start(
       return ApiError::BadRequest(std::string(s.message()), where);
     }
   }
-  if (engine_.gauges().waiting >= config_.max_queue) {
+  if (engine_.gauges().waiting + static_cast<int64_t>(requests.size()) > config_.max_queue) {
     return ApiError::TooManyRequests(absl::StrCat(
         "the server's queue is full (", config_.max_queue, " requests waiting); retry later"));
   }

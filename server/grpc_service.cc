@@ -46,11 +46,14 @@ bool SameSecret(std::string_view a, std::string_view b) {
   return diff == 0;
 }
 
-// Parses a JSON-text request field. The depth check comes first: nlohmann recurses per level,
-// and a hostile value must not exhaust a callback thread's stack.
+// Parses a JSON-text request field. The shape check comes first: nlohmann recurses per level
+// (a hostile value must not exhaust a callback thread's stack), and ordered_json is quadratic
+// in an object's members.
 std::optional<ApiError> ParseJsonField(const std::string& text, const std::string& field,
                                        Json* out) {
-  // Two levels are kept for the request body the value is placed in (see ChatSpecFromProto).
+  if (std::optional<ApiError> error = CheckJsonShape(text, field)) return error;
+  // The value is placed up to two levels deep in the request body that the OpenAI parser
+  // checks again (see ChatSpecFromProto); refusing here keeps the error naming the field.
   constexpr int kMaxDepth = kMaxJsonDepth - 2;
   if (JsonNestingDepth(text, kMaxDepth) > kMaxDepth) {
     return ApiError::BadRequest(
@@ -329,23 +332,51 @@ void ConvertEvent(GenerationEvent& event, std::map<int, std::string>& finish_rea
 
 class GenerateReactor;
 
+// A message waiting to be written, with its serialized size as counted against the cap.
+struct Queued {
+  v1::GenerateResponse message;
+  size_t bytes = 0;
+};
+
 // What the engine-thread sink and the reactor share. The sink holds it by shared_ptr, never
 // the reactor itself: the engine may deliver events after the call is over and the reactor
 // deleted, and then finds reactor == nullptr.
 struct StreamState {
+  explicit StreamState(size_t max_pending_bytes) : max_pending_bytes(max_pending_bytes) {}
+
   std::mutex mu;
   GenerateReactor* reactor = nullptr;  // null once OnDone ran
   std::shared_ptr<Generation> generation;
   // Begin has returned from GenerationService::Start (or the call was refused). Writing waits
   // for it so that the Final can carry the generation's id, whenever the events arrive.
   bool started = false;
-  std::deque<v1::GenerateResponse> pending;
+  std::deque<Queued> pending;
+  size_t pending_bytes = 0;  // the sum of pending[i].bytes
+  const size_t max_pending_bytes;
   // How the call ends, once known; nothing is queued after that.
   std::optional<grpc::Status> outcome;
+  // The outcome was decided before the generation ended (a cancel, a broken stream, a client
+  // that does not read): the generation must be cancelled, by Begin if it has no handle yet.
+  bool cancel_generation = false;
   bool writing = false;   // a StartWrite is outstanding
   bool finished = false;  // Finish was called
   // Touched only by the sink, which the service calls in order on the engine thread.
   std::map<int, std::string> finish_reasons;
+
+  void ClearPending() {
+    pending.clear();
+    pending_bytes = 0;
+  }
+
+  // Under `mu`, with no outcome yet: the call ends with `status` once no write is outstanding,
+  // and what is queued is dropped. Returns the generation for the caller to cancel once it has
+  // released `mu` (null until Begin has it; Begin then cancels it).
+  std::shared_ptr<Generation> EndEarly(grpc::Status status) {
+    ClearPending();
+    outcome = std::move(status);
+    cancel_generation = true;
+    return generation;
+  }
 };
 
 // One Generate/Chat call. At most one write is outstanding: whoever sets `writing` (the sink,
@@ -354,7 +385,10 @@ struct StreamState {
 // follows Finish) never overlaps a sink that is touching the reactor.
 class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateResponse> {
  public:
-  GenerateReactor() : state_(std::make_shared<StreamState>()) { state_->reactor = this; }
+  explicit GenerateReactor(size_t max_pending_bytes)
+      : state_(std::make_shared<StreamState>(max_pending_bytes)) {
+    state_->reactor = this;
+  }
 
   // Ends the call with `status` and nothing written.
   void Fail(grpc::Status status) {
@@ -372,13 +406,17 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
         service.Start(spec, [state](GenerationEvent&& event) { Deliver(state, std::move(event)); });
     std::unique_lock<std::mutex> lock(state->mu);
     state->started = true;
+    std::shared_ptr<Generation> to_cancel;
     if (auto* error = std::get_if<ApiError>(&result)) {
-      state->pending.clear();
+      state->ClearPending();
       if (!state->outcome) state->outcome = ToGrpcStatus(*error);
     } else {
       state->generation = std::get<std::shared_ptr<Generation>>(std::move(result));
+      // The sink may have run out of room while Start was still submitting.
+      if (state->cancel_generation) to_cancel = state->generation;
     }
-    Advance(std::move(lock));
+    Advance(std::move(lock));  // `this` may be gone from here on
+    if (to_cancel) to_cancel->Cancel();
   }
 
   void OnWriteDone(bool ok) override {
@@ -387,9 +425,8 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
     std::shared_ptr<Generation> to_cancel;
     if (!ok && !state_->outcome) {
       // The stream broke (the client is gone): nothing more can be delivered.
-      state_->pending.clear();
-      state_->outcome = grpc::Status(grpc::StatusCode::CANCELLED, "the stream was closed");
-      to_cancel = state_->generation;
+      to_cancel =
+          state_->EndEarly(grpc::Status(grpc::StatusCode::CANCELLED, "the stream was closed"));
     }
     Advance(std::move(lock));  // `this` may be gone from here on
     if (to_cancel) to_cancel->Cancel();
@@ -400,13 +437,12 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
     std::unique_lock<std::mutex> lock(state_->mu);
     std::shared_ptr<Generation> to_cancel;
     if (!state_->outcome) {
-      state_->pending.clear();
-      state_->outcome = grpc::Status(grpc::StatusCode::CANCELLED, "the call was cancelled");
-      to_cancel = state_->generation;
+      to_cancel =
+          state_->EndEarly(grpc::Status(grpc::StatusCode::CANCELLED, "the call was cancelled"));
     }
     Advance(std::move(lock));  // `this` may be gone from here on
-    // Outside the lock: Cancel takes the engine's lock, under which the sink may be waiting
-    // for ours.
+    // Outside the lock: Cancel takes the generation's and the engine's locks, and no lock is
+    // to be held while taking them.
     if (to_cancel) to_cancel->Cancel();
   }
 
@@ -415,7 +451,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
     {
       std::lock_guard<std::mutex> lock(state_->mu);
       state_->reactor = nullptr;
-      state_->pending.clear();
+      state_->ClearPending();
       // The generation keeps the sink, which keeps the state: break the cycle.
       generation = std::move(state_->generation);
     }
@@ -429,9 +465,28 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
   static void Deliver(const std::shared_ptr<StreamState>& state, GenerationEvent&& event) {
     std::vector<v1::GenerateResponse> messages;
     ConvertEvent(event, state->finish_reasons, &messages);
+    std::vector<size_t> sizes;
+    size_t bytes = 0;
+    for (const v1::GenerateResponse& m : messages) bytes += sizes.emplace_back(m.ByteSizeLong());
     std::unique_lock<std::mutex> lock(state->mu);
     if (state->reactor == nullptr || state->outcome) return;
-    for (v1::GenerateResponse& m : messages) state->pending.push_back(std::move(m));
+    // An empty queue always takes the event: a client that keeps up is never cut off, however
+    // large one event is (its messages are still bounded by max_message_bytes).
+    if (!state->pending.empty() && state->pending_bytes + bytes > state->max_pending_bytes) {
+      std::shared_ptr<Generation> to_cancel = state->EndEarly(
+          grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                       "the client is not reading its stream; generation cancelled"));
+      // Finishes now, or from OnWriteDone if a write is outstanding.
+      state->reactor->Advance(std::move(lock));
+      // Outside the lock, like OnCancel. The engine calls sinks outside its own lock, so its
+      // thread may cancel the generation it is delivering for.
+      if (to_cancel) to_cancel->Cancel();
+      return;
+    }
+    for (size_t i = 0; i < messages.size(); ++i) {
+      state->pending.push_back(Queued{std::move(messages[i]), sizes[i]});
+    }
+    state->pending_bytes += bytes;
     if (event.finished) {
       state->outcome = event.error.empty() ? grpc::Status::OK
                                            : grpc::Status(grpc::StatusCode::INTERNAL, event.error);
@@ -446,7 +501,8 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
     StreamState& s = *state_;
     if (!s.started || s.writing || s.finished) return;
     if (!s.pending.empty()) {
-      current_ = std::move(s.pending.front());
+      current_ = std::move(s.pending.front().message);
+      s.pending_bytes -= s.pending.front().bytes;
       s.pending.pop_front();
       if (current_.has_final() && s.generation != nullptr) {
         current_.mutable_final()->set_id(s.generation->id());
@@ -497,12 +553,12 @@ grpc::Status ToGrpcStatus(const ApiError& error) {
 // size of the request, not a wait, so it needs no hand-off.
 class DserveGrpcService final : public v1::Dserve::CallbackService {
  public:
-  DserveGrpcService(GenerationService& service, std::string api_key)
-      : service_(service), api_key_(std::move(api_key)) {}
+  DserveGrpcService(GenerationService& service, std::string api_key, size_t max_pending_bytes)
+      : service_(service), api_key_(std::move(api_key)), max_pending_bytes_(max_pending_bytes) {}
 
   grpc::ServerWriteReactor<v1::GenerateResponse>* Generate(
       grpc::CallbackServerContext* context, const v1::GenerateRequest* request) override {
-    auto* reactor = new GenerateReactor();
+    auto* reactor = new GenerateReactor(max_pending_bytes_);
     if (!Authorized(*context)) {
       reactor->Fail(Unauthenticated());
       return reactor;
@@ -518,7 +574,7 @@ class DserveGrpcService final : public v1::Dserve::CallbackService {
 
   grpc::ServerWriteReactor<v1::GenerateResponse>* Chat(grpc::CallbackServerContext* context,
                                                        const v1::ChatRequest* request) override {
-    auto* reactor = new GenerateReactor();
+    auto* reactor = new GenerateReactor(max_pending_bytes_);
     if (!Authorized(*context)) {
       reactor->Fail(Unauthenticated());
       return reactor;
@@ -604,6 +660,7 @@ class DserveGrpcService final : public v1::Dserve::CallbackService {
 
   GenerationService& service_;
   const std::string api_key_;
+  const size_t max_pending_bytes_;
 };
 
 absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(GenerationService& service,
@@ -616,6 +673,10 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(GenerationService&
     return absl::InvalidArgumentError(
         absl::StrCat("gRPC max_message_bytes must be > 0, got ", options.max_message_bytes));
   }
+  if (options.max_pending_bytes <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("gRPC max_pending_bytes must be > 0, got ", options.max_pending_bytes));
+  }
   // An IPv6 literal needs brackets to be told from the port.
   const bool bracket =
       options.host.find(':') != std::string::npos && !absl::StartsWith(options.host, "[");
@@ -623,7 +684,8 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(GenerationService&
                                       : absl::StrCat(options.host, ":", options.port);
 
   std::unique_ptr<GrpcServer> server(new GrpcServer());
-  server->service_ = std::make_unique<DserveGrpcService>(service, options.api_key);
+  server->service_ = std::make_unique<DserveGrpcService>(
+      service, options.api_key, static_cast<size_t>(options.max_pending_bytes));
 
   // Both take effect for servers built from here on.
   grpc::EnableDefaultHealthCheckService(true);
@@ -650,6 +712,15 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(GenerationService&
 }
 
 GrpcServer::~GrpcServer() { Shutdown(std::chrono::milliseconds(0)); }
+
+void GrpcServer::BeginDrain() {
+  if (server_ == nullptr) return;
+  // Setting a status is idempotent, and ignored once the health service has shut down.
+  if (grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService()) {
+    health->SetServingStatus("", false);
+    health->SetServingStatus(kServiceName, false);
+  }
+}
 
 void GrpcServer::Shutdown(std::chrono::milliseconds deadline) {
   std::call_once(shutdown_once_, [&] {

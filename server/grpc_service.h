@@ -32,6 +32,11 @@ class GrpcServer {
     int port = 0;         // 0: the OS picks a free port (see port())
     std::string api_key;  // non-empty: dserve.v1 calls need "authorization: Bearer <key>"
     int64_t max_message_bytes = 16 << 20;  // both directions
+    // Per Generate/Chat call: the serialized bytes of messages waiting for the client to read.
+    // An event that would go past it (while something is already waiting) cancels the
+    // generation and ends the call with RESOURCE_EXHAUSTED, so a client that never reads
+    // cannot make the server buffer a whole generation.
+    int64_t max_pending_bytes = 16 << 20;
   };
 
   // Binds and starts serving; an error (e.g. the port is taken) leaves nothing running.
@@ -44,6 +49,11 @@ class GrpcServer {
 
   // The bound port.
   int port() const { return port_; }
+
+  // Health (the server "" and dserve.v1.Dserve) turns NOT_SERVING so that load balancers stop
+  // sending calls; calls keep being served. For the start of a drain (e.g. on SIGTERM), before
+  // Shutdown. Idempotent, callable from any thread (not from a signal handler).
+  void BeginDrain();
 
   // Health turns NOT_SERVING, new calls are refused, and calls still running after `deadline`
   // are cancelled (their generations too); returns once every call has finished. Idempotent.

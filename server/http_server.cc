@@ -1,6 +1,7 @@
 #include "server/http_server.h"
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cctype>
 #include <deque>
@@ -61,7 +62,9 @@ class Session;
 struct HttpServer::Impl {
   net::io_context ioc;
   std::optional<net::executor_work_guard<net::io_context::executor_type>> work;
-  tcp::acceptor acceptor{ioc};
+  // On a strand: the accept handler re-arms it while StopAccepting may close it.
+  tcp::acceptor acceptor{net::make_strand(ioc)};
+  net::steady_timer retry_timer{acceptor.get_executor()};
   HttpHandler handler;
   HttpOptions options;
   std::vector<std::thread> threads;
@@ -77,7 +80,7 @@ struct HttpServer::Impl {
 class Session : public ResponseChannel, public std::enable_shared_from_this<Session> {
  public:
   Session(tcp::socket socket, HttpServer::Impl* server)
-      : stream_(std::move(socket)), server_(server) {}
+      : stream_(std::move(socket)), write_timer_(stream_.get_executor()), server_(server) {}
 
   void Start() {
     net::dispatch(stream_.get_executor(), [self = shared_from_this()] { self->DoRead(); });
@@ -92,7 +95,9 @@ class Session : public ResponseChannel, public std::enable_shared_from_this<Sess
     Post([self = shared_from_this(), status, ct = std::move(content_type), b = std::move(body),
           h = std::move(headers)]() mutable {
       if (self->closed_ || self->exchange_done_ || self->streaming_) return;
-      self->Enqueue(self->Head(status, ct, h, &b) + b);
+      std::string head = self->Head(status, ct, h, &b);
+      // HEAD: the headers GET would send (its Content-Length included), no body.
+      self->Enqueue(self->head_request_ ? std::move(head) : head + b);
       self->CompleteExchange();
     });
   }
@@ -102,6 +107,8 @@ class Session : public ResponseChannel, public std::enable_shared_from_this<Sess
           h = std::move(headers)]() mutable {
       if (self->closed_ || self->exchange_done_ || self->streaming_) return;
       self->streaming_ = true;
+      // HTTP/1.0 has no chunked encoding: the body ends when the connection closes.
+      if (self->http10_) self->keep_alive_ = false;
       self->Enqueue(self->Head(200, ct, h, nullptr));
     });
   }
@@ -110,6 +117,7 @@ class Session : public ResponseChannel, public std::enable_shared_from_this<Sess
     if (data.empty()) return;  // an empty chunk would end the stream
     Post([self = shared_from_this(), d = std::move(data)]() mutable {
       if (self->closed_ || self->exchange_done_ || !self->streaming_) return;
+      if (self->http10_) return self->Enqueue(std::move(d));
       char size[32];
       std::snprintf(size, sizeof(size), "%zx\r\n", d.size());
       self->Enqueue(absl::StrCat(size, d, "\r\n"));
@@ -119,7 +127,7 @@ class Session : public ResponseChannel, public std::enable_shared_from_this<Sess
   void EndStream() override {
     Post([self = shared_from_this()] {
       if (self->closed_ || self->exchange_done_ || !self->streaming_) return;
-      self->Enqueue("0\r\n\r\n");
+      if (!self->http10_) self->Enqueue("0\r\n\r\n");
       self->CompleteExchange();
     });
   }
@@ -146,13 +154,14 @@ class Session : public ResponseChannel, public std::enable_shared_from_this<Sess
   std::string Head(int status, const std::string& content_type, const HeaderList& headers,
                    const std::string* body) {
     std::string head = absl::StrCat(
-        "HTTP/1.1 ", status, " ",
+        http10_ ? "HTTP/1.0 " : "HTTP/1.1 ", status, " ",
         std::string(http::obsolete_reason(static_cast<http::status>(status))), "\r\n",
         "Server: dserve\r\nContent-Type: ", content_type, "\r\n");
     if (body) {
       absl::StrAppend(&head, "Content-Length: ", body->size(), "\r\n");
     } else {
-      absl::StrAppend(&head, "Transfer-Encoding: chunked\r\nCache-Control: no-cache\r\n");
+      if (!http10_) absl::StrAppend(&head, "Transfer-Encoding: chunked\r\n");
+      absl::StrAppend(&head, "Cache-Control: no-cache\r\n");
     }
     for (const auto& [k, v] : headers) absl::StrAppend(&head, k, ": ", v, "\r\n");
     absl::StrAppend(&head, keep_alive_ ? "Connection: keep-alive\r\n" : "Connection: close\r\n",
@@ -160,13 +169,26 @@ class Session : public ResponseChannel, public std::enable_shared_from_this<Sess
     return head;
   }
 
+  // An idle connection waits up to idle_timeout for its next request's first byte; from then
+  // on the whole request must arrive within read_timeout (slow clients are dropped).
   void DoRead() {
+    if (closed_) return;
+    if (buffer_.size() > 0) return ReadRequest();
+    stream_.expires_after(server_->options.idle_timeout);
+    stream_.async_read_some(buffer_.prepare(4096),
+                            [self = shared_from_this()](beast::error_code ec, size_t n) {
+                              if (ec) return self->Close();
+                              self->buffer_.commit(n);
+                              self->ReadRequest();
+                            });
+  }
+
+  void ReadRequest() {
     if (closed_) return;
     parser_.emplace();
     parser_->body_limit(server_->options.max_body_bytes);
     parser_->header_limit(static_cast<std::uint32_t>(server_->options.max_header_bytes));
-    stream_.expires_after(buffer_.size() > 0 ? server_->options.read_timeout
-                                             : server_->options.idle_timeout);
+    stream_.expires_after(server_->options.read_timeout);
     http::async_read(stream_, buffer_, *parser_,
                      [self = shared_from_this()](beast::error_code ec, size_t) { self->OnRead(ec); });
   }
@@ -194,7 +216,7 @@ class Session : public ResponseChannel, public std::enable_shared_from_this<Sess
       return Close();
     }
     stream_.expires_never();
-    http::request<http::string_body> req = parser_->release();
+    http::request<http::dynamic_body> req = parser_->release();
     HttpRequest request;
     request.method = std::string(req.method_string());
     request.target = std::string(req.target());
@@ -203,17 +225,18 @@ class Session : public ResponseChannel, public std::enable_shared_from_this<Sess
       request.headers.emplace_back(Lower(std::string(field.name_string())),
                                    std::string(field.value()));
     }
-    request.body = std::move(req.body());
+    request.body = beast::buffers_to_string(req.body().data());
     request.keep_alive = req.keep_alive();
     keep_alive_ = request.keep_alive;
+    http10_ = req.version() < 11;
+    head_request_ = req.method() == http::verb::head;
     exchange_done_ = false;
-    Count(true);
     streaming_ = false;
+    Count(true);
     StartWatch();
     server_->handler(request, shared_from_this());
   }
 
-  // Answers a request that could not be parsed, then closes.
   // Tracks whether this connection has a response in progress (HttpServer::WaitIdle).
   void Count(bool busy) {
     if (busy == counted_) return;
@@ -221,9 +244,11 @@ class Session : public ResponseChannel, public std::enable_shared_from_this<Sess
     server_->busy_exchanges.fetch_add(busy ? 1 : -1);
   }
 
+  // Answers a request that could not be parsed, then closes (after lingering, so that a
+  // client still sending its body reads the answer instead of a reset).
   void Fail(int status, const std::string& message) {
-    const std::string type = status == 413 ? "invalid_request_error" : "invalid_request_error";
-    std::string body = ErrorBody(message, type);
+    linger_ = true;
+    std::string body = ErrorBody(message, "invalid_request_error");
     Enqueue(Head(status, "application/json", {}, &body) + body);
     CompleteExchange();
   }
@@ -254,8 +279,17 @@ class Session : public ResponseChannel, public std::enable_shared_from_this<Sess
       return Next();
     }
     if (closed_) return;
-    if (!exchange_done_) ClientGone();
-    Close();
+    if (!exchange_done_) {
+      ClientGone();
+      return Close();
+    }
+    // The answer is complete and only its writes remain: a client that half-closed still
+    // reads them; then the connection ends.
+    peer_closed_ = true;
+    if (next_after_watch_) {
+      next_after_watch_ = false;
+      Close();
+    }
   }
 
   void ClientGone() {
@@ -266,13 +300,25 @@ class Session : public ResponseChannel, public std::enable_shared_from_this<Sess
   }
 
   void Enqueue(std::string bytes) {
+    queued_bytes_ += bytes.size();
     out_.push_back(std::move(bytes));
+    // A client that stops reading must not make the server buffer its whole generation.
+    if (streaming_ && queued_bytes_ > server_->options.max_queued_bytes) {
+      if (!exchange_done_) ClientGone();
+      return Close();
+    }
     if (!writing_) WriteNext();
   }
 
   void WriteNext() {
     if (out_.empty() || closed_) return;
     writing_ = true;
+    write_timer_.expires_after(server_->options.write_timeout);
+    write_timer_.async_wait([self = shared_from_this()](beast::error_code ec) {
+      if (ec || self->closed_ || !self->writing_) return;
+      if (!self->exchange_done_) self->ClientGone();
+      self->Close();  // the client stopped reading
+    });
     net::async_write(stream_.socket(), net::buffer(out_.front()),
                      [self = shared_from_this()](beast::error_code ec, size_t) {
                        self->OnWrite(ec);
@@ -281,11 +327,13 @@ class Session : public ResponseChannel, public std::enable_shared_from_this<Sess
 
   void OnWrite(beast::error_code ec) {
     writing_ = false;
+    write_timer_.cancel();
     if (closed_) return;
     if (ec) {
       if (!exchange_done_) ClientGone();
       return Close();
     }
+    queued_bytes_ -= out_.front().size();
     out_.pop_front();
     if (!out_.empty()) return WriteNext();
     if (exchange_done_ && !finishing_) {
@@ -307,10 +355,10 @@ class Session : public ResponseChannel, public std::enable_shared_from_this<Sess
 
   void FinishExchange() {
     Count(false);
-    if (!keep_alive_) {
+    if (!keep_alive_ || peer_closed_) {
       beast::error_code ignored;
       stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);
-      return Close();
+      return linger_ ? Linger() : Close();
     }
     if (watching_) {  // stop the watch read first; its handler continues with Next()
       next_after_watch_ = true;
@@ -319,6 +367,16 @@ class Session : public ResponseChannel, public std::enable_shared_from_this<Sess
       return;
     }
     Next();
+  }
+
+  // Reads and drops what the client still sends (up to 2 s) before closing.
+  void Linger() {
+    stream_.expires_after(std::chrono::seconds(2));
+    stream_.async_read_some(net::buffer(drain_),
+                            [self = shared_from_this()](beast::error_code ec, size_t) {
+                              if (ec) return self->Close();
+                              self->Linger();
+                            });
   }
 
   void Next() {
@@ -331,45 +389,71 @@ class Session : public ResponseChannel, public std::enable_shared_from_this<Sess
     closed_ = true;
     Count(false);
     if (!exchange_done_) ClientGone();
+    write_timer_.cancel();
     beast::error_code ignored;
     stream_.socket().shutdown(tcp::socket::shutdown_both, ignored);
-    stream_.close();
+    stream_.close();  // queued bytes stay until the aborted write's handler has run
     std::lock_guard<std::mutex> lock(server_->sessions_mu);
     server_->sessions.erase(this);
   }
 
   beast::tcp_stream stream_;
+  net::steady_timer write_timer_;
   HttpServer::Impl* server_;
   beast::flat_buffer buffer_;
-  std::optional<http::request_parser<http::string_body>> parser_;
+  // dynamic_body grows with the bytes that arrive; string_body would reserve the whole
+  // announced Content-Length up front.
+  std::optional<http::request_parser<http::dynamic_body>> parser_;
   // Everything below is touched on the connection's strand only.
   std::deque<std::string> out_;
+  size_t queued_bytes_ = 0;
   bool writing_ = false;
   bool keep_alive_ = true;
+  bool http10_ = false;
+  bool head_request_ = false;
   bool exchange_done_ = true;  // no request in progress (or its response fully queued)
   bool finishing_ = false;
   bool streaming_ = false;
   bool watching_ = false;
   bool next_after_watch_ = false;
+  bool peer_closed_ = false;
+  bool linger_ = false;
   bool closed_ = false;
   bool counted_ = false;
   std::function<void()> gone_;
+  std::array<char, 4096> drain_;
 };
 
 void HttpServer::Impl::Accept() {
   acceptor.async_accept(net::make_strand(ioc), [this](beast::error_code ec, tcp::socket socket) {
     if (ec) {
       if (ec == net::error::operation_aborted || !accepting) return;
-      return Accept();  // e.g. too many open files: keep serving the connections we have
+      // E.g. out of file descriptors: retry shortly (at once would spin) and keep serving the
+      // connections we have.
+      retry_timer.expires_after(std::chrono::milliseconds(100));
+      retry_timer.async_wait([this](beast::error_code wait_ec) {
+        if (!wait_ec && accepting) Accept();
+      });
+      return;
     }
     beast::error_code ignored;
     socket.set_option(tcp::no_delay(true), ignored);
-    auto session = std::make_shared<Session>(std::move(socket), this);
+    if (options.socket_send_buffer > 0) {
+      socket.set_option(net::socket_base::send_buffer_size(options.socket_send_buffer), ignored);
+    }
+    std::shared_ptr<Session> session;
     {
       std::lock_guard<std::mutex> lock(sessions_mu);
-      sessions[session.get()] = session;
+      if (sessions.size() < options.max_connections) {
+        session = std::make_shared<Session>(std::move(socket), this);
+        sessions[session.get()] = session;
+      }
     }
-    session->Start();
+    if (session) {
+      session->Start();
+    } else {
+      socket.close(ignored);  // over --max-connections: refused at once
+    }
     if (accepting) Accept();
   });
 }
@@ -421,9 +505,10 @@ bool HttpServer::WaitIdle(std::chrono::milliseconds timeout) {
 
 void HttpServer::StopAccepting() {
   if (!impl_->accepting.exchange(false)) return;
-  net::post(impl_->ioc, [impl = impl_.get()] {
+  net::post(impl_->acceptor.get_executor(), [impl = impl_.get()] {
     beast::error_code ignored;
     impl->acceptor.close(ignored);
+    impl->retry_timer.cancel();
   });
 }
 

@@ -64,6 +64,16 @@ struct HttpOptions {
   std::chrono::milliseconds read_timeout{30000};
   // Idle keep-alive connections are closed after this.
   std::chrono::milliseconds idle_timeout{60000};
+  // A write the client does not take within this ends the connection (and its generation).
+  std::chrono::milliseconds write_timeout{60000};
+  // Response bytes queued for a client that reads slower than it is served; beyond this the
+  // connection ends and its generation is cancelled.
+  size_t max_queued_bytes = 16 << 20;
+  // Connections beyond this are closed as soon as they are accepted.
+  size_t max_connections = 4096;
+  // SO_SNDBUF of accepted sockets (0: the OS's autotuning). Smaller notices a client that
+  // stopped reading sooner, as less of the stream hides in the kernel.
+  int socket_send_buffer = 0;
 };
 
 class HttpServer {

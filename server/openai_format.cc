@@ -1,5 +1,6 @@
 #include "server/openai_format.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -36,22 +37,25 @@ json ChatLogprobs(const std::vector<TokenLogprob>& lps) {
   return {{"content", std::move(content)}};
 }
 
-// Completions' logprobs object; offsets count characters of the choice's text (bytes here,
-// as the text is UTF-8 and clients index it as such).
-json CompletionLogprobs(const std::vector<TokenLogprob>& lps, int64_t* offset) {
-  json tokens = json::array(), token_logprobs = json::array(), top = json::array(),
-       offsets = json::array();
+// Characters (code points) of UTF-8 text: what OpenAI's text_offset counts.
+int64_t CodePoints(std::string_view text) {
+  int64_t n = 0;
+  for (char c : text) n += (static_cast<unsigned char>(c) & 0xC0) != 0x80;
+  return n;
+}
+
+// Completions' logprobs object; offsets[i] is where token i's text starts in the choice text.
+json CompletionLogprobs(const std::vector<TokenLogprob>& lps, const std::vector<int64_t>& offsets) {
+  json tokens = json::array(), token_logprobs = json::array(), top = json::array();
   for (const TokenLogprob& lp : lps) {
     tokens.push_back(lp.token);
     token_logprobs.push_back(JsonLogprob(lp.logprob));
     json alternatives = json::object();
     for (const TopLogprob& t : lp.top) alternatives[t.token] = JsonLogprob(t.logprob);
     top.push_back(std::move(alternatives));
-    offsets.push_back(*offset);
-    *offset += static_cast<int64_t>(lp.token.size());
   }
   return {{"tokens", std::move(tokens)}, {"token_logprobs", std::move(token_logprobs)},
-          {"top_logprobs", std::move(top)}, {"text_offset", std::move(offsets)}};
+          {"top_logprobs", std::move(top)}, {"text_offset", offsets}};
 }
 
 json ToolCallDeltaJson(const ToolCallParser::Delta::CallDelta& c) {
@@ -76,6 +80,20 @@ json FinishJson(const std::optional<std::string>& reason) {
 }
 
 }  // namespace
+
+std::vector<int64_t> TokenOffsets(const ChoiceDelta& d, int64_t* chars) {
+  // The delta's text ends with its tokens' text (an echoed prompt may come first).
+  int64_t token_chars = 0;
+  for (const TokenLogprob& lp : d.logprobs) token_chars += CodePoints(lp.token);
+  int64_t at = *chars + std::max<int64_t>(0, CodePoints(d.content) - token_chars);
+  std::vector<int64_t> offsets;
+  for (const TokenLogprob& lp : d.logprobs) {
+    offsets.push_back(at);
+    at += CodePoints(lp.token);
+  }
+  *chars += CodePoints(d.content);
+  return offsets;
+}
 
 json UsageJson(const engine::Usage& usage) {
   return {{"prompt_tokens", usage.prompt_tokens},
@@ -114,8 +132,9 @@ json DeltaChunk(const ResponseHeader& h, const ChoiceDelta& d, bool include_usag
     choice["logprobs"] = d.logprobs.empty() ? json(nullptr) : ChatLogprobs(d.logprobs);
   } else {
     choice["text"] = d.content;
+    const std::vector<int64_t> offsets = TokenOffsets(d, text_offset);
     choice["logprobs"] =
-        d.logprobs.empty() ? json(nullptr) : CompletionLogprobs(d.logprobs, text_offset);
+        d.logprobs.empty() ? json(nullptr) : CompletionLogprobs(d.logprobs, offsets);
   }
   choice["finish_reason"] = FinishJson(d.finish_reason);
   chunk["choices"] = json::array({std::move(choice)});
@@ -149,6 +168,8 @@ void ResponseBuilder::Add(const ChoiceDelta& d) {
     c.tool_calls[call.index].arguments += call.arguments;
   }
   c.logprobs.insert(c.logprobs.end(), d.logprobs.begin(), d.logprobs.end());
+  const std::vector<int64_t> offsets = TokenOffsets(d, &c.chars);
+  c.offsets.insert(c.offsets.end(), offsets.begin(), offsets.end());
   if (d.finish_reason) c.finish_reason = *d.finish_reason;
 }
 
@@ -179,8 +200,7 @@ json ResponseBuilder::Build(const engine::Usage& usage) const {
       choice["logprobs"] = want_logprobs_ ? ChatLogprobs(c.logprobs) : json(nullptr);
     } else {
       choice["text"] = c.content;
-      int64_t offset = 0;
-      choice["logprobs"] = want_logprobs_ ? CompletionLogprobs(c.logprobs, &offset) : json(nullptr);
+      choice["logprobs"] = want_logprobs_ ? CompletionLogprobs(c.logprobs, c.offsets) : json(nullptr);
     }
     choice["finish_reason"] = c.finish_reason.empty() ? json(nullptr) : json(c.finish_reason);
     choices.push_back(std::move(choice));

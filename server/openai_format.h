@@ -28,9 +28,13 @@ nlohmann::json UsageJson(const engine::Usage& usage);
 // The chunk that opens a chat choice in a stream: delta {"role": "assistant", "content": ""}.
 nlohmann::json ChatRoleChunk(const ResponseHeader& h, int index, bool include_usage);
 // One chunk for one choice's delta (chat.completion.chunk or text_completion). text_offset:
-// completions' running character offset of the choice, advanced past this delta's tokens.
+// completions' running character count of the choice's text, advanced past this delta.
 nlohmann::json DeltaChunk(const ResponseHeader& h, const ChoiceDelta& d, bool include_usage,
                           int64_t* text_offset);
+// Where each of a delta's tokens starts in its choice's text, in characters (OpenAI's
+// text_offset); *chars is the choice's text length so far and is advanced past the delta.
+std::vector<int64_t> TokenOffsets(const ChoiceDelta& d, int64_t* chars);
+
 // The stream's last chunk with include_usage: no choices, the usage.
 nlohmann::json UsageChunk(const ResponseHeader& h, const engine::Usage& usage);
 
@@ -46,6 +50,8 @@ class ResponseBuilder {
     std::string content, reasoning;
     std::vector<ToolCall> tool_calls;
     std::vector<TokenLogprob> logprobs;
+    std::vector<int64_t> offsets;  // completions' text_offset per token
+    int64_t chars = 0;             // characters of content so far
     std::string finish_reason;
   };
   ResponseHeader header_;

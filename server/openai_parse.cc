@@ -236,12 +236,35 @@ class Fields {
   Checker* c_;
 };
 
-// Size and nesting are bounded before nlohmann sees the body; everything it rejects (syntax,
-// invalid UTF-8, numbers beyond double like 1e999) becomes one "invalid JSON body" 400.
-std::optional<ApiError> ParseBody(std::string_view body, Json* out) {
-  if (JsonNestingDepth(body, kMaxJsonDepth) > kMaxJsonDepth) {
-    return ApiError::BadRequest(absl::StrCat("JSON nested deeper than ", kMaxJsonDepth, " levels"));
+// The 400 for a JSON text over the kMaxJson* limits; `where` reads "the body" or "'field'".
+std::optional<ApiError> ShapeError(std::string_view text, const std::string& where,
+                                   std::string param) {
+  const JsonShape shape = ScanJsonShape(text, kMaxJsonDepth);
+  if (shape.depth > kMaxJsonDepth) {
+    return ApiError::BadRequest(
+        absl::StrCat("JSON in ", where, " is nested deeper than ", kMaxJsonDepth, " levels"),
+        std::move(param));
   }
+  if (shape.max_object_members > kMaxJsonObjectMembers) {
+    return ApiError::BadRequest(absl::StrCat("a JSON object in ", where, " has more than ",
+                                             kMaxJsonObjectMembers, " members"),
+                                std::move(param));
+  }
+  if (shape.member_pairs > kMaxJsonMemberPairs) {
+    return ApiError::BadRequest(
+        absl::StrCat("the JSON objects in ", where,
+                     " have too many members in all: parsing them would take more than ",
+                     kMaxJsonMemberPairs, " key comparisons (m*(m-1)/2 for an object of m)"),
+        std::move(param));
+  }
+  return std::nullopt;
+}
+
+// Size, nesting and object sizes are bounded before nlohmann sees the body; everything it
+// rejects (syntax, invalid UTF-8, numbers beyond double like 1e999) becomes one "invalid JSON
+// body" 400.
+std::optional<ApiError> ParseBody(std::string_view body, Json* out) {
+  if (std::optional<ApiError> error = ShapeError(body, "the body", "")) return error;
   try {
     *out = Json::parse(body.begin(), body.end());
   } catch (const Json::exception& e) {
@@ -368,12 +391,10 @@ bool ReadMessages(const Json& messages, Checker* c, Json* out) {
   return true;
 }
 
-// Returns the declared function names, for checking a named tool_choice.
-std::vector<std::string> ValidateTools(const Json& tools, Checker* c) {
-  std::vector<std::string> names;
+void ValidateTools(const Json& tools, Checker* c) {
   if (!tools.is_array()) {
     c->TypeError(tools, "tools", "an array");
-    return names;
+    return;
   }
   for (size_t i = 0; i < tools.size() && !c->failed(); ++i) {
     const std::string tool_path = IndexPath("tools", i);
@@ -406,21 +427,23 @@ std::vector<std::string> ValidateTools(const Json& tools, Checker* c) {
     fn.String("description", &description);
     Json parameters;
     fn.Object("parameters", &parameters);
-    names.push_back(std::move(name));
   }
-  return names;
 }
 
-void ValidateToolChoice(const Json& choice, bool have_tools, const std::vector<std::string>& names,
-                        Checker* c) {
+// Only "auto" and "none" are honoured. "required" and a named function would need constrained
+// decoding to force the tool call; accepting them would promise what the model may not do, so
+// they are refused (a named one after its shape is checked, so a malformed one hears why).
+void ValidateToolChoice(const Json& choice, Checker* c) {
+  constexpr char kCannotForce[] =
+      " is not supported: dserve cannot force a tool call (no constrained decoding); use \"auto\"";
   if (choice.is_string()) {
     const std::string mode = choice.get<std::string>();
-    if (mode != "none" && mode != "auto" && mode != "required") {
+    if (mode == "required") {
+      c->Fail("tool_choice", absl::StrCat("tool_choice 'required'", kCannotForce));
+    } else if (mode != "none" && mode != "auto") {
       c->Fail("tool_choice", absl::StrCat("'tool_choice' must be 'none', 'auto', 'required' or "
                                           "a function object, got ",
                                           Quoted(mode)));
-    } else if (mode == "required" && !have_tools) {
-      c->Fail("tool_choice", "tool_choice 'required' needs a non-empty 'tools'");
     }
     return;
   }
@@ -445,13 +468,7 @@ void ValidateToolChoice(const Json& choice, bool have_tools, const std::vector<s
   const Fields fn(*function, "tool_choice.function", c);
   std::string name;
   if (fn.Require("name") == nullptr || !fn.String("name", &name)) return;
-  if (!have_tools) {
-    c->Fail("tool_choice", absl::StrCat("tool_choice names function ", Quoted(name),
-                                        " but no 'tools' were given"));
-  } else if (std::find(names.begin(), names.end(), name) == names.end()) {
-    c->Fail("tool_choice.function.name",
-            absl::StrCat("tool_choice names function ", Quoted(name), ", which is not in 'tools'"));
-  }
+  c->Fail("tool_choice", absl::StrCat("tool_choice naming a function", kCannotForce));
 }
 
 void ReadStops(const Fields& fields, Checker* c, std::vector<std::string>* out) {
@@ -579,9 +596,12 @@ ParsedRequest Failed(ApiError error) { return ParsedRequest{std::nullopt, std::m
 
 }  // namespace
 
-int JsonNestingDepth(std::string_view body, int limit) {
-  int depth = 0;
-  int max_depth = 0;
+JsonShape ScanJsonShape(std::string_view body, int depth_limit) {
+  JsonShape shape;
+  // One entry per open container: its member count so far for an object, -1 for an array.
+  // Pairs are added per member (m for the m+1-th), so a truncated body is counted too: nlohmann
+  // inserts every member it reads before it finds the truncation.
+  std::vector<int64_t> open;
   bool in_string = false;
   bool escaped = false;
   for (const char ch : body) {
@@ -598,16 +618,28 @@ int JsonNestingDepth(std::string_view body, int limit) {
     if (ch == '"') {
       in_string = true;
     } else if (ch == '[' || ch == '{') {
-      if (++depth > max_depth) {
-        max_depth = depth;
-        if (max_depth > limit) return max_depth;
+      if (static_cast<int64_t>(open.size()) >= depth_limit) {
+        shape.depth = depth_limit + 1;
+        return shape;
       }
-    } else if ((ch == ']' || ch == '}') && depth > 0) {
-      --depth;
+      open.push_back(ch == '{' ? 0 : -1);
+      shape.depth = std::max(shape.depth, static_cast<int>(open.size()));
+    } else if ((ch == ']' || ch == '}') && !open.empty()) {
+      open.pop_back();
+    } else if (ch == ':' && !open.empty() && open.back() >= 0) {
+      shape.member_pairs += open.back();
+      shape.max_object_members = std::max(shape.max_object_members, ++open.back());
     }
   }
-  return max_depth;
+  return shape;
 }
+
+std::optional<ApiError> CheckJsonShape(std::string_view body, std::string_view what) {
+  const std::string field(what);
+  return ShapeError(body, absl::StrCat("'", field, "'"), field);
+}
+
+int JsonNestingDepth(std::string_view body, int limit) { return ScanJsonShape(body, limit).depth; }
 
 ParsedRequest ParseChatCompletionRequest(std::string_view body) {
   Json json;
@@ -618,13 +650,12 @@ ParsedRequest ParseChatCompletionRequest(std::string_view body) {
   spec.chat = true;
   if (const Json* messages = fields.Require("messages"))
     ReadMessages(*messages, &c, &spec.messages);
-  std::vector<std::string> tool_names;
   if (const Json* tools = fields.Get("tools")) {
-    tool_names = ValidateTools(*tools, &c);
+    ValidateTools(*tools, &c);
     spec.tools = *tools;
   }
   if (const Json* choice = fields.Get("tool_choice")) {
-    ValidateToolChoice(*choice, !tool_names.empty(), tool_names, &c);
+    ValidateToolChoice(*choice, &c);
     spec.tool_choice = *choice;
   }
   fields.Object("chat_template_kwargs", &spec.chat_template_kwargs);
@@ -659,6 +690,10 @@ ParsedRequest ParseCompletionRequest(std::string_view body) {
                   "arrays");
     } else if (prompt->empty()) {
       c.Fail("prompt", "'prompt' must not be an empty array");
+    } else if (!(*prompt)[0].is_number() && prompt->size() > kMaxPrompts) {
+      // Each prompt becomes engine requests; a list of 2M one-character prompts fits in 8 MiB.
+      c.Fail("prompt", absl::StrCat("prompt holds ", prompt->size(), " prompts; at most ",
+                                    kMaxPrompts, " per request"));
     } else if ((*prompt)[0].is_array()) {
       for (size_t i = 0; i < prompt->size() && !c.failed(); ++i) {
         PromptInput input{PromptKind::kTokens, {}, {}};
@@ -683,6 +718,14 @@ ParsedRequest ParseCompletionRequest(std::string_view body) {
   fields.Bool("echo", &spec.echo);
   if (fields.Get("suffix") != nullptr) c.Fail("suffix", "suffix is not supported");
   ReadCommon(fields, &c, &spec);
+  // With one prompt n alone is bounded by the engine's own check, whose message is clearer.
+  const auto choices =
+      static_cast<int64_t>(spec.params.n) * static_cast<int64_t>(spec.prompts.size());
+  if (spec.prompts.size() > 1 && choices > kMaxChoices) {
+    c.Fail("n", absl::StrCat("n (", spec.params.n, ") times the number of prompts (",
+                             spec.prompts.size(), ") is ", choices, " choices; at most ",
+                             kMaxChoices, " per request"));
+  }
   int best_of = 0;
   if (fields.Int("best_of", &best_of) && best_of != spec.params.n) {
     c.Fail("best_of", "best_of is not supported (it may only equal n)");

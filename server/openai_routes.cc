@@ -1,5 +1,6 @@
 #include "server/openai_routes.h"
 
+#include <cctype>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -19,6 +20,22 @@ std::string Dump(const json& j) {
 }
 
 std::string SseEvent(const json& j) { return absl::StrCat("data: ", Dump(j), "\n\n"); }
+
+// "Bearer <key>" (the scheme in any case), compared in time independent of where it differs.
+bool Authorized(std::string_view header, const std::string& key) {
+  constexpr std::string_view kScheme = "bearer ";
+  if (header.size() < kScheme.size()) return false;
+  for (size_t i = 0; i < kScheme.size(); ++i) {
+    if (std::tolower(static_cast<unsigned char>(header[i])) != kScheme[i]) return false;
+  }
+  const std::string_view given = header.substr(kScheme.size());
+  unsigned diff = given.size() != key.size();
+  for (size_t i = 0; i < key.size(); ++i) {
+    diff |= static_cast<unsigned char>(key[i]) ^
+            static_cast<unsigned char>(i < given.size() ? given[i] : 0);
+  }
+  return diff == 0;
+}
 
 // One generation's stream, formatted on the connection's strand (never on the engine thread).
 struct StreamState {
@@ -93,8 +110,7 @@ void OpenAiRouter::Handle(const HttpRequest& request, std::shared_ptr<ResponseCh
     }
     return channel->Respond(200, kJson, "{}");
   }
-  if (!config_.api_key.empty() &&
-      request.Header("authorization") != absl::StrCat("Bearer ", config_.api_key)) {
+  if (!config_.api_key.empty() && !Authorized(request.Header("authorization"), config_.api_key)) {
     return Error(*channel, ApiError::Unauthorized(
                                "missing or wrong API key: send 'Authorization: Bearer <key>'"));
   }

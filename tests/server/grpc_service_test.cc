@@ -1,6 +1,7 @@
 // The gRPC front end end to end: every dserve.v1 RPC through a real channel to a server on
 // 127.0.0.1, streams that end with a Final whose usage matches the tokens received, error codes
-// that name the field, cancellation that frees the KV cache, health, reflection and API keys.
+// that name the field, cancellation that frees the KV cache, a client that never reads, health
+// (and its drain), reflection and API keys.
 #include "server/grpc_service.h"
 
 #include <gtest/gtest.h>
@@ -36,17 +37,26 @@ void SetDeadline(grpc::ClientContext& ctx) {
   ctx.set_deadline(std::chrono::system_clock::now() + kCallTimeout);
 }
 
-std::unique_ptr<GrpcServer> StartServer(const std::string& api_key = "") {
+GrpcServer::Options LocalOptions() {
   GrpcServer::Options options;
   options.host = "127.0.0.1";
   options.port = 0;
-  options.api_key = api_key;
+  return options;
+}
+
+std::unique_ptr<GrpcServer> StartServer(const GrpcServer::Options& options) {
   absl::StatusOr<std::unique_ptr<GrpcServer>> server =
       GrpcServer::Start(SharedEnv().service(), options);
   EXPECT_TRUE(server.ok()) << server.status();
   if (!server.ok()) return nullptr;
   EXPECT_GT((*server)->port(), 0);
   return *std::move(server);
+}
+
+std::unique_ptr<GrpcServer> StartServer(const std::string& api_key = "") {
+  GrpcServer::Options options = LocalOptions();
+  options.api_key = api_key;
+  return StartServer(options);
 }
 
 std::shared_ptr<grpc::Channel> ChannelTo(const GrpcServer& server) {
@@ -140,6 +150,10 @@ grpc::Status HealthCheck(const std::shared_ptr<grpc::Channel>& channel, const st
   if (status.ok()) *response_bytes = FromByteBuffer(response);
   return status;
 }
+
+// HealthCheckResponse bytes: status (field 1) SERVING = 1, NOT_SERVING = 2.
+const std::string kServing("\x08\x01", 2);
+const std::string kNotServing("\x08\x02", 2);
 
 // A request for exactly `max_tokens` tokens per choice.
 v1::GenerateRequest FixedLength(const std::string& text, int max_tokens) {
@@ -426,6 +440,21 @@ TEST_F(GrpcServiceTest, ChatWithBadJsonFieldsIsInvalidArgumentNamingTheField) {
   cases.back().request.set_tools_json(R"({"type": "function"})");
   cases.push_back({"tool_choice names no tool", base(), "tool_choice"});
   cases.back().request.set_tool_choice("get_weather");
+  // Without constrained decoding no tool call can be forced: "required" and a named function
+  // are refused even when the tool exists.
+  const std::string weather_tool =
+      R"([{"type":"function","function":{"name":"get_weather","parameters":{"type":"object"}}}])";
+  cases.push_back({"tool_choice required", base(), "tool_choice"});
+  cases.back().request.set_tools_json(weather_tool);
+  cases.back().request.set_tool_choice("required");
+  cases.push_back({"tool_choice names a declared tool", base(), "tool_choice"});
+  cases.back().request.set_tools_json(weather_tool);
+  cases.back().request.set_tool_choice("get_weather");
+  cases.push_back({"tools_json nested too deep", base(), "tools_json"});
+  cases.back().request.set_tools_json(std::string(100, '[') + std::string(100, ']'));
+  // Within the 64 levels of the HTTP body limit alone, but not once placed in the body.
+  cases.push_back({"tools_json nested 64 deep", base(), "tools_json"});
+  cases.back().request.set_tools_json(std::string(64, '[') + std::string(64, ']'));
   cases.push_back({"kwargs not JSON", base(), "chat_template_kwargs_json"});
   cases.back().request.set_chat_template_kwargs_json("{thinking: true}");
   cases.push_back({"bad role", base(), "role"});
@@ -446,6 +475,38 @@ TEST_F(GrpcServiceTest, ChatWithBadJsonFieldsIsInvalidArgumentNamingTheField) {
         << r.status.error_message();
     EXPECT_TRUE(r.messages.empty());
   }
+}
+
+// ordered_json is quadratic in an object's members: an object with 5000 of them is refused
+// by a linear scan before it is parsed, naming the field.
+TEST_F(GrpcServiceTest, JsonFieldWithTooManyMembersIsRefusedQuickly) {
+  std::string properties = "{";
+  for (int i = 0; i < 5000; ++i) {
+    absl::StrAppend(&properties, i == 0 ? "" : ",", "\"p", i, "\":{\"type\":\"string\"}");
+  }
+  properties += "}";
+  v1::ChatRequest request;
+  v1::ChatMessage* user = request.add_messages();
+  user->set_role("user");
+  user->set_content("hi");
+  request.mutable_params()->set_max_tokens(2);
+  request.set_tools_json(absl::StrCat(
+      R"([{"type":"function","function":{"name":"f","parameters":{"type":"object","properties":)",
+      properties, "}}}]"));
+  const auto start = std::chrono::steady_clock::now();
+  StreamResult r = Chat(request);
+  EXPECT_EQ(r.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(r.status.error_message().find("tools_json"), std::string::npos)
+      << r.status.error_message();
+  EXPECT_TRUE(r.messages.empty());
+
+  request.clear_tools_json();
+  request.set_chat_template_kwargs_json(properties);
+  r = Chat(request);
+  EXPECT_EQ(r.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(r.status.error_message().find("chat_template_kwargs_json"), std::string::npos)
+      << r.status.error_message();
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5));
 }
 
 TEST_F(GrpcServiceTest, TokenizeAndDetokenizeRoundTrip) {
@@ -552,16 +613,69 @@ TEST_F(GrpcServiceTest, ShutdownEndsRunningStreams) {
   EXPECT_TRUE(WaitForKvFree(milliseconds(10000)));
 }
 
+// A client that never reads: once HTTP/2 flow control stalls the writes, the queue reaches
+// max_pending_bytes, the generation is cancelled (its KV pages freed without a single Read)
+// and the call ends RESOURCE_EXHAUSTED after what was already sent.
+TEST_F(GrpcServiceTest, AClientThatNeverReadsIsCutOffAndItsGenerationCancelled) {
+  GrpcServer::Options options = LocalOptions();
+  options.max_pending_bytes = 2048;
+  std::unique_ptr<GrpcServer> server = StartServer(options);
+  ASSERT_NE(server, nullptr);
+  // A small stream window that BDP probing does not grow: the writes stall after a few KiB
+  // rather than after the whole generation.
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+  args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 4096);
+  const std::unique_ptr<v1::Dserve::Stub> stub = v1::Dserve::NewStub(grpc::CreateCustomChannel(
+      absl::StrCat("127.0.0.1:", server->port()), grpc::InsecureChannelCredentials(), args));
+  const std::string text = "Recite the digits of pi:";
+  const v1::GenerateRequest request =
+      LongRequest(MaxModelLen(), static_cast<int64_t>(Tokenize(text, true).size()), text);
+  grpc::ClientContext ctx;
+  SetDeadline(ctx);
+  auto reader = stub->Generate(&ctx, request);
+  std::this_thread::sleep_for(milliseconds(2000));  // not reading
+  EXPECT_TRUE(WaitForKvFree(milliseconds(60000)))
+      << "kv_used_pages " << SharedEnv().engine().gauges().kv_used_pages;
+  const StreamResult r = Drain(*reader);
+  EXPECT_EQ(r.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
+      << r.status.error_message();
+  EXPECT_NE(r.status.error_message().find("not reading"), std::string::npos)
+      << r.status.error_message();
+  EXPECT_EQ(r.num_finals, 0);
+  EXPECT_LT(TotalTokens(r), request.params().max_tokens());
+  server->Shutdown(milliseconds(1000));
+}
+
 TEST_F(GrpcServiceTest, HealthReportsServing) {
   std::string bytes;
   grpc::Status status = HealthCheck(channel_, "", &bytes);
   ASSERT_TRUE(status.ok()) << status.error_message();
-  EXPECT_EQ(bytes, std::string("\x08\x01", 2));
+  EXPECT_EQ(bytes, kServing);
   status = HealthCheck(channel_, "dserve.v1.Dserve", &bytes);
   ASSERT_TRUE(status.ok()) << status.error_message();
-  EXPECT_EQ(bytes, std::string("\x08\x01", 2));
+  EXPECT_EQ(bytes, kServing);
   EXPECT_EQ(HealthCheck(channel_, "no.such.Service", &bytes).error_code(),
             grpc::StatusCode::NOT_FOUND);
+}
+
+// A drain starts with health alone: load balancers see NOT_SERVING while calls are still
+// served, until Shutdown.
+TEST_F(GrpcServiceTest, BeginDrainTurnsHealthNotServingButKeepsServing) {
+  std::string bytes;
+  ASSERT_TRUE(HealthCheck(channel_, "", &bytes).ok());
+  ASSERT_EQ(bytes, kServing);
+  server_->BeginDrain();
+  server_->BeginDrain();  // idempotent
+  for (const char* service : {"", "dserve.v1.Dserve"}) {
+    SCOPED_TRACE(service);
+    const grpc::Status status = HealthCheck(channel_, service, &bytes);
+    ASSERT_TRUE(status.ok()) << status.error_message();
+    EXPECT_EQ(bytes, kNotServing);
+  }
+  const StreamResult r = Generate(FixedLength("Still here", 2));
+  EXPECT_TRUE(r.status.ok()) << r.status.error_message();
+  EXPECT_EQ(TotalTokens(r), 2);
 }
 
 // ServerReflectionInfo is a bidi stream; one list_services request (field 7, an empty string:
@@ -612,6 +726,10 @@ TEST(GrpcServerTest, RefusesATakenPortAndBadOptions) {
   options.port = first->port();
   EXPECT_FALSE(GrpcServer::Start(SharedEnv().service(), options).ok());
   options.port = 70000;
+  EXPECT_EQ(GrpcServer::Start(SharedEnv().service(), options).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  options.port = 0;
+  options.max_pending_bytes = 0;
   EXPECT_EQ(GrpcServer::Start(SharedEnv().service(), options).status().code(),
             absl::StatusCode::kInvalidArgument);
   first->Shutdown(milliseconds(1000));
@@ -682,7 +800,7 @@ TEST(GrpcAuthTest, ApiKeyIsRequiredOnEveryDserveCallButNotHealth) {
   std::string bytes;
   const grpc::Status health = HealthCheck(channel, "", &bytes);
   EXPECT_TRUE(health.ok()) << health.error_message();
-  EXPECT_EQ(bytes, std::string("\x08\x01", 2));
+  EXPECT_EQ(bytes, kServing);
   server->Shutdown(milliseconds(1000));
 }
 

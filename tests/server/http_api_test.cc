@@ -86,11 +86,15 @@ StreamResult Stream(const std::string& path, const json& body, int stop_after = 
 // Raw socket: for what an HTTP client library refuses to send.
 class RawConnection {
  public:
-  RawConnection() {
+  // receive_buffer > 0: a small SO_RCVBUF, set before connecting (a client that reads slowly).
+  explicit RawConnection(int port = SharedEnv().http_port(), int receive_buffer = 0) {
     fd_ = socket(AF_INET, SOCK_STREAM, 0);
+    if (receive_buffer > 0) {
+      setsockopt(fd_, SOL_SOCKET, SO_RCVBUF, &receive_buffer, sizeof(receive_buffer));
+    }
     sockaddr_in addr{};
     addr.sin_family = AF_INET;
-    addr.sin_port = htons(static_cast<uint16_t>(SharedEnv().http_port()));
+    addr.sin_port = htons(static_cast<uint16_t>(port));
     addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     connected_ = connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
     timeval tv{10, 0};
@@ -519,14 +523,13 @@ TEST(HttpApiTest, MetricsExposeLatencyAndExpertLoad) {
 // Auth and the queue limit need their own router over the shared service and engine.
 class SecondServer {
  public:
-  SecondServer(RouterConfig router_config, int64_t max_queue) {
+  SecondServer(RouterConfig router_config, int64_t max_queue, HttpOptions options = {}) {
     ServiceConfig sc = SharedEnv().service().config();
     sc.max_queue = max_queue;
     service_ = std::make_unique<GenerationService>(
         SharedEnv().engine(), SharedEnv().service().tokenizer(), nullptr, &SharedEnv().metrics(),
         sc);
     router_ = std::make_unique<OpenAiRouter>(*service_, SharedEnv().metrics(), router_config);
-    HttpOptions options;
     options.port = 0;
     OpenAiRouter* router = router_.get();
     auto http = HttpServer::Start(
@@ -571,6 +574,64 @@ TEST(HttpApiTest, FullQueueGets429WithRetryAfter) {
   EXPECT_EQ(r->status, 429);
   EXPECT_EQ(r->Header("retry-after"), "1");
   EXPECT_TRUE(json::parse(r->body).contains("error"));
+}
+
+TEST(HttpApiTest, HeadHasNoBodyAndPipelinedRequestsAreAnsweredInOrder) {
+  RawConnection c;
+  ASSERT_TRUE(c.connected());
+  // Two requests in one write: HEAD, then GET; the second must not be mistaken for the first's
+  // body, and the HEAD answer must carry none.
+  c.Send("HEAD /health HTTP/1.1\r\nHost: x\r\n\r\nGET /v1/models HTTP/1.1\r\nHost: x\r\n"
+         "Connection: close\r\n\r\n");
+  const std::string both = c.ReadAll();
+  ASSERT_EQ(StatusOf(both), 200) << both;
+  const size_t second = both.find("HTTP/1.1 ", 1);
+  ASSERT_NE(second, std::string::npos) << both;
+  EXPECT_EQ(both.substr(second - 4, 4), "\r\n\r\n");  // nothing between the two heads
+  EXPECT_EQ(StatusOf(both.substr(second)), 200);
+  EXPECT_NE(both.find("\"tiny-v3\"", second), std::string::npos);
+}
+
+TEST(HttpApiTest, Http10ClientsGetAStreamWithoutChunking) {
+  RawConnection c;
+  ASSERT_TRUE(c.connected());
+  json body = Completion(8, 3);
+  body["stream"] = true;
+  const std::string payload = body.dump();
+  c.Send("POST /v1/completions HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: " +
+         std::to_string(payload.size()) + "\r\n\r\n" + payload);
+  const std::string response = c.ReadAll();  // ends when the server closes
+  EXPECT_EQ(response.rfind("HTTP/1.0 200", 0), 0u) << response.substr(0, 300);
+  EXPECT_EQ(response.find("Transfer-Encoding"), std::string::npos);
+  const std::string stream = BodyOf(response);
+  EXPECT_EQ(stream.rfind("data: {", 0), 0u) << stream.substr(0, 200);
+  EXPECT_NE(stream.find("data: [DONE]\n\n"), std::string::npos);
+}
+
+TEST(HttpApiTest, ClientThatStopsReadingIsCutOffAndItsGenerationCancelled) {
+  ASSERT_TRUE(WaitForNoPagesInUse(10000));
+  HttpOptions options;
+  options.write_timeout = std::chrono::milliseconds(300);
+  options.max_queued_bytes = 256 << 10;
+  options.socket_send_buffer = 16 << 10;
+  SecondServer server(RouterConfig{"", 0}, 1024, options);
+  RawConnection c(server.port(), /*receive_buffer=*/4096);
+  ASSERT_TRUE(c.connected());
+  json body = Completion(8, 100000);
+  body["stream"] = true;
+  body["logprobs"] = 20;  // about 2 KB per token: the socket buffers fill within a second
+  const std::string payload = body.dump();
+  c.Send("POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: " +
+         std::to_string(payload.size()) + "\r\n\r\n" + payload);
+  // It runs first (pages held) ...
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (SharedEnv().engine().gauges().kv_used_pages == 0 &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  ASSERT_GT(SharedEnv().engine().gauges().kv_used_pages, 0);
+  // ... and, as the client never reads, the server gives up on it and frees them.
+  EXPECT_TRUE(WaitForNoPagesInUse(30000));
 }
 
 }  // namespace

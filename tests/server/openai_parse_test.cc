@@ -5,8 +5,11 @@
 
 #include <gtest/gtest.h>
 
+#include <optional>
 #include <string>
 #include <variant>
+
+#include "absl/strings/str_cat.h"
 
 namespace dserve::server {
 namespace {
@@ -103,6 +106,89 @@ TEST(OpenAiParseTest, DeepNestingIsRefusedWithoutCrashing) {
   EXPECT_EQ(ParseChatCompletionRequest(ok_depth).error.message.find("deeper"), std::string::npos);
 }
 
+// {"k0": 0, "k1": 0, ...}: `members` distinct keys.
+std::string FlatObject(int members) {
+  std::string s = "{";
+  for (int i = 0; i < members; ++i) absl::StrAppend(&s, i > 0 ? "," : "", "\"k", i, "\":0");
+  return s + "}";
+}
+
+TEST(ScanJsonShapeTest, CountsMembersPerObjectOutsideStrings) {
+  JsonShape shape = ScanJsonShape(R"({"a": 1, "b": {"c": 2, "d": [3, {"e": 4}]}, "f": "x:y"})", 64);
+  EXPECT_EQ(shape.depth, 4);
+  EXPECT_EQ(shape.max_object_members, 3);  // the outer one; the ':' inside "x:y" is not counted
+  EXPECT_EQ(shape.member_pairs, 3 + 1);    // 3*2/2 + 2*1/2 + 0
+  shape = ScanJsonShape(R"({"a:b": "{\":", "c": []})", 64);
+  EXPECT_EQ(shape.max_object_members, 2);
+  EXPECT_EQ(ScanJsonShape("{}", 64).max_object_members, 0);
+  EXPECT_EQ(ScanJsonShape("[1, 2, 3]", 64).max_object_members, 0);  // arrays are not limited
+  // A truncated object still counts: nlohmann inserts its members before failing.
+  EXPECT_EQ(ScanJsonShape(R"({"a": 1, "b": 2, "c)", 64).max_object_members, 2);
+  EXPECT_EQ(ScanJsonShape(FlatObject(5000), 64).max_object_members, 5000);
+  EXPECT_EQ(ScanJsonShape("[[[[[[", 3).depth, 4);
+}
+
+TEST(CheckJsonShapeTest, NamesTheField) {
+  EXPECT_FALSE(CheckJsonShape(FlatObject(kMaxJsonObjectMembers), "tools_json").has_value());
+  const std::optional<ApiError> wide = CheckJsonShape(FlatObject(5000), "tools_json");
+  ASSERT_TRUE(wide.has_value());
+  EXPECT_EQ(wide->http_status, 400);
+  EXPECT_EQ(wide->param, "tools_json");
+  EXPECT_EQ(wide->message, "a JSON object in 'tools_json' has more than 4096 members");
+  const std::optional<ApiError> deep = CheckJsonShape(std::string(65, '['), "x_json");
+  ASSERT_TRUE(deep.has_value());
+  EXPECT_EQ(deep->param, "x_json");
+  EXPECT_NE(deep->message.find("deeper than 64"), std::string::npos);
+}
+
+// ordered_json inserts each key with a linear search, so a flat object of ~900k members (8 MiB)
+// would take ~1e11 comparisons; the scan refuses it before nlohmann sees it.
+TEST(OpenAiParseTest, ObjectWithTooManyMembersIsRefusedBeforeParsing) {
+  const std::string wide = FlatObject(5000);
+  const std::string message = "a JSON object in the body has more than 4096 members";
+  ExpectChatError(Chat(", \"x\": " + wide), "", message);
+  ExpectCompletionError(Completion(", \"x\": " + wide), "", message);
+  const auto tokenize = ParseTokenizeRequest(R"({"prompt": "a", "x": )" + wide + "}");
+  ASSERT_TRUE(std::holds_alternative<ApiError>(tokenize));
+  EXPECT_EQ(std::get<ApiError>(tokenize).message, message);
+  const auto detokenize = ParseDetokenizeRequest(R"({"tokens": [1], "x": )" + wide + "}");
+  ASSERT_TRUE(std::holds_alternative<ApiError>(detokenize));
+  EXPECT_EQ(std::get<ApiError>(detokenize).message, message);
+
+  // The attack itself: an 8 MiB body of one flat object. Refused by the linear scan, so this
+  // returns in milliseconds rather than hanging in ordered_map insertion.
+  std::string huge = "{\"messages\": []";
+  for (int i = 0; huge.size() < (size_t{8} << 20); ++i) absl::StrAppend(&huge, ",\"a", i, "\":0");
+  ExpectChatError(huge + "}", "", message);
+  ExpectChatError(huge, "", message);  // truncated as well
+}
+
+TEST(OpenAiParseTest, ObjectWithMaxMembersIsAcceptedAsUnknownFields) {
+  // Unknown top-level keys are ignored, so the body itself may be that wide.
+  std::string body = FlatObject(kMaxJsonObjectMembers - 1);
+  body.back() = ',';
+  const GenerationSpec spec = ChatOk(body + R"("messages": [{"role": "user", "content": "hi"}]})");
+  EXPECT_EQ(spec.messages.size(), 1u);
+  EXPECT_EQ(ScanJsonShape(body, kMaxJsonDepth).max_object_members, kMaxJsonObjectMembers - 1);
+}
+
+// Many objects each under the per-object cap cost m^2/2 comparisons apiece: 235 objects of 4096
+// members fit in 8 MiB and took ~5 s, so the total is bounded too.
+TEST(OpenAiParseTest, ManyWideObjectsAreRefusedInTotal) {
+  const std::string wide = FlatObject(kMaxJsonObjectMembers);
+  EXPECT_TRUE(ChatOk(Chat(", \"x\": [" + wide + "," + wide + "]")).chat);
+  const ParsedRequest r =
+      ParseChatCompletionRequest(Chat(", \"x\": [" + wide + "," + wide + "," + wide + "]"));
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error.http_status, 400);
+  EXPECT_NE(r.error.message.find("too many members in all"), std::string::npos) << r.error.message;
+  // A long array of small objects (e.g. many messages) is fine.
+  std::string messages;
+  for (int i = 0; i < 20000; ++i) messages += R"({"role": "user", "content": "hi"},)";
+  messages.pop_back();
+  EXPECT_EQ(ChatOk(R"({"messages": [)" + messages + "]}").messages.size(), 20000u);
+}
+
 TEST(OpenAiParseTest, TruncatedJson) {
   const ParsedRequest r = ParseChatCompletionRequest(R"({"messages": [{"role": "user")");
   ASSERT_FALSE(r.ok());
@@ -178,7 +264,7 @@ TEST(ChatParseTest, ToolsToolCallsAndToolMessages) {
       {"role": "tool", "tool_call_id": "c1", "content": "sunny"}],
     "tools": [{"type": "function", "function": {"name": "get_weather", "description": "d",
                "parameters": {"type": "object", "properties": {}}}}],
-    "tool_choice": {"type": "function", "function": {"name": "get_weather"}}})");
+    "tool_choice": "auto"})");
   ASSERT_EQ(spec.messages.size(), 3u);
   EXPECT_TRUE(spec.messages[1]["content"].is_null());
   EXPECT_EQ(spec.messages[1]["tool_calls"][0]["function"]["name"], "get_weather");
@@ -187,12 +273,13 @@ TEST(ChatParseTest, ToolsToolCallsAndToolMessages) {
   EXPECT_EQ(spec.messages[2]["content"], "sunny");
   ASSERT_TRUE(spec.tools.is_array());
   EXPECT_EQ(spec.tools[0]["function"]["name"], "get_weather");
-  EXPECT_EQ(spec.tool_choice["function"]["name"], "get_weather");
+  EXPECT_EQ(spec.tool_choice, "auto");
 }
 
-TEST(ChatParseTest, ToolChoiceStrings) {
+TEST(ChatParseTest, ToolChoiceAutoAndNoneAreAccepted) {
   const std::string tools = R"(, "tools": [{"type": "function", "function": {"name": "f"}}])";
-  EXPECT_EQ(ChatOk(Chat(tools + R"(, "tool_choice": "required")")).tool_choice, "required");
+  EXPECT_EQ(ChatOk(Chat(tools + R"(, "tool_choice": "auto")")).tool_choice, "auto");
+  EXPECT_EQ(ChatOk(Chat(tools + R"(, "tool_choice": "none")")).tool_choice, "none");
   EXPECT_EQ(ChatOk(Chat(R"(, "tool_choice": "auto")")).tool_choice, "auto");
   EXPECT_EQ(ChatOk(Chat(R"(, "tool_choice": "none")")).tool_choice, "none");
 }
@@ -303,14 +390,31 @@ TEST(ChatParseTest, BadTools) {
       "tools[0].function.parameters", "must be an object");
 }
 
+// Without constrained decoding dserve cannot force a tool call, so it says so instead of
+// accepting a tool_choice it would not honour.
+TEST(ChatParseTest, ForcedToolChoiceIsRefused) {
+  const std::string tools = R"(, "tools": [{"type": "function", "function": {"name": "f"}}])";
+  const std::string cannot =
+      "is not supported: dserve cannot force a tool call (no constrained decoding); use \"auto\"";
+  ExpectChatError(Chat(tools + R"(, "tool_choice": "required")"), "tool_choice",
+                  "tool_choice 'required' " + cannot);
+  ExpectChatError(Chat(R"(, "tool_choice": "required")"), "tool_choice", cannot);
+  ExpectChatError(
+      Chat(tools + R"(, "tool_choice": {"type": "function", "function": {"name": "f"}})"),
+      "tool_choice", "tool_choice naming a function " + cannot);
+  ExpectChatError(
+      Chat(tools + R"(, "tool_choice": {"type": "function", "function": {"name": "g"}})"),
+      "tool_choice", cannot);
+}
+
 TEST(ChatParseTest, BadToolChoice) {
-  ExpectChatError(Chat(R"(, "tool_choice": "required")"), "tool_choice", "tool_choice");
   ExpectChatError(Chat(R"(, "tool_choice": "sometimes")"), "tool_choice", "'sometimes'");
-  ExpectChatError(Chat(R"(, "tool_choice": {"type": "function", "function": {"name": "f"}})"),
-                  "tool_choice", "'f'");
-  ExpectChatError(Chat(R"(, "tools": [{"type": "function", "function": {"name": "f"}}],
-                     "tool_choice": {"type": "function", "function": {"name": "g"}})"),
-                  "tool_choice.function.name", "'g'");
+  ExpectChatError(Chat(R"(, "tool_choice": {"type": "tool", "function": {"name": "f"}})"),
+                  "tool_choice.type", "'tool'");
+  ExpectChatError(Chat(R"(, "tool_choice": {"type": "function"})"), "tool_choice.function",
+                  "is required");
+  ExpectChatError(Chat(R"(, "tool_choice": {"type": "function", "function": {}})"),
+                  "tool_choice.function.name", "is required");
   ExpectChatError(Chat(R"(, "tool_choice": 1)"), "tool_choice", "got integer");
 }
 
@@ -457,6 +561,35 @@ TEST(CompletionParseTest, PromptProblems) {
   ExpectCompletionError(R"({"prompt": ["a", 1]})", "prompt[1]", "must be a string");
   ExpectCompletionError(R"({"prompt": [[1], "a"]})", "prompt[1]", "'prompt[1]'");
   ExpectCompletionError(R"({"prompt": 5})", "prompt", "'prompt' must be a string");
+}
+
+// ["p", "p", ...] or [[1], [1], ...] with `count` prompts.
+std::string PromptList(size_t count, const std::string& one) {
+  std::string s = "[";
+  for (size_t i = 0; i < count; ++i) absl::StrAppend(&s, i > 0 ? "," : "", one);
+  return s + "]";
+}
+
+TEST(CompletionParseTest, AtMost256PromptsPerRequest) {
+  EXPECT_EQ(CompletionOk(R"({"prompt": )" + PromptList(256, "\"p\"") + "}").prompts.size(), 256u);
+  EXPECT_EQ(CompletionOk(R"({"prompt": )" + PromptList(256, "[1]") + "}").prompts.size(), 256u);
+  ExpectCompletionError(R"({"prompt": )" + PromptList(257, "\"p\"") + "}", "prompt",
+                        "prompt holds 257 prompts; at most 256 per request");
+  ExpectCompletionError(R"({"prompt": )" + PromptList(257, "[1]") + "}", "prompt",
+                        "prompt holds 257 prompts; at most 256 per request");
+  // One prompt of many token ids is one prompt.
+  EXPECT_EQ(CompletionOk(R"({"prompt": )" + PromptList(100000, "7") + "}").prompts[0].tokens.size(),
+            100000u);
+}
+
+TEST(CompletionParseTest, AtMost1024ChoicesPerRequest) {
+  const std::string prompts200 = PromptList(200, "\"p\"");
+  ExpectCompletionError(R"({"n": 8, "prompt": )" + prompts200 + "}", "n",
+                        "n (8) times the number of prompts (200) is 1600 choices; at most 1024");
+  EXPECT_EQ(CompletionOk(R"({"n": 5, "prompt": )" + prompts200 + "}").prompts.size(), 200u);
+  EXPECT_EQ(CompletionOk(R"({"n": 4, "prompt": )" + PromptList(256, "[1]") + "}").params.n, 4);
+  // A single prompt's n is left to the engine's own bound (n in [1, 128]).
+  EXPECT_EQ(CompletionOk(Completion(R"(, "n": 2000)")).params.n, 2000);
 }
 
 TEST(CompletionParseTest, SuffixAndBestOf) {
