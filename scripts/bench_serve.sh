@@ -28,6 +28,17 @@ for _ in $(seq 1 600); do
 done
 [ -n "$url" ] || { cat "$work/serve.log" >&2; exit 1; }
 load=(--num-prompts 64 --input-len 128 --output-len 64 --concurrency 1,16,64)
+# CPU time (clock ticks) of the server's threads named $1 (dserve-http: the HTTP I/O threads).
+thread_ticks() {
+  local total=0 t
+  for t in /proc/$pid/task/*; do
+    if [ "$(cat "$t/comm" 2>/dev/null)" = "$1" ]; then
+      total=$((total + $(awk '{print $14 + $15}' "$t/stat")))
+    fi
+  done
+  echo "$total"
+}
+http_before="$(thread_ticks dserve-http)"
 for r in $(seq 1 "$rounds"); do
   echo "round $r of $rounds: server" >&2
   build/dserve bench-serve --url "$url" "${load[@]}" --stream --seed "$r" --json \
@@ -36,9 +47,11 @@ for r in $(seq 1 "$rounds"); do
   build/dserve bench --model "$model" --threads 2 "${load[@]}" --json \
     >"$work/engine_$r.json" 2>/dev/null
 done
-python3 - "$work" "$rounds" <<'PY'
+http_ticks=$(( $(thread_ticks dserve-http) - http_before ))
+python3 - "$work" "$rounds" "$http_ticks" "$(getconf CLK_TCK)" <<'PY'
 import json, statistics, sys
 work, rounds = sys.argv[1], int(sys.argv[2])
+http_seconds = int(sys.argv[3]) / int(sys.argv[4])
 serve = [json.load(open(f"{work}/serve_{r}.json"))["runs"] for r in range(1, rounds + 1)]
 engine = [json.load(open(f"{work}/engine_{r}.json"))["results"] for r in range(1, rounds + 1)]
 med = statistics.median
@@ -59,4 +72,7 @@ for i, run in enumerate(serve[0]):
           f"{s_itl:>11.2f} ms {e_itl:>4.2f} ms {added:>+6.1f}% | "
           f"{med(s[i]['ttft_ms']['p50'] for s in serve):>5.0f} ms "
           f"{med(s[i]['e2e_ms']['p50'] for s in serve):>5.0f} ms {errors:>6}")
+tokens = sum(run["output_tokens"] for rounds_ in serve for run in rounds_)
+print(f"HTTP I/O threads (SSE + JSON + sockets): {http_seconds:.2f} s of CPU for {tokens} streamed "
+      f"tokens = {1e6 * http_seconds / tokens:.0f} us per token")
 PY
