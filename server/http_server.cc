@@ -146,9 +146,11 @@ class Session : public ResponseChannel, public std::enable_shared_from_this<Sess
   }
 
  private:
+  // Runs f on the strand: at once when already on it (a handler, or formatting work handed
+  // off with Run), else queued.
   template <typename F>
   void Post(F&& f) {
-    net::post(stream_.get_executor(), std::forward<F>(f));
+    net::dispatch(stream_.get_executor(), std::forward<F>(f));
   }
 
   std::string Head(int status, const std::string& content_type, const HeaderList& headers,

@@ -1,7 +1,10 @@
 #include "server/openai_format.h"
 
+#include "absl/strings/str_cat.h"
+
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <limits>
 
 namespace dserve::server {
@@ -140,6 +143,86 @@ json DeltaChunk(const ResponseHeader& h, const ChoiceDelta& d, bool include_usag
   chunk["choices"] = json::array({std::move(choice)});
   if (include_usage) chunk["usage"] = nullptr;
   return chunk;
+}
+
+namespace {
+
+// s as a JSON string literal, escaped as nlohmann's dump() escapes it (invalid UTF-8 never
+// reaches here: the detokenizer emits whole characters).
+void AppendJsonString(std::string& out, std::string_view s) {
+  out += '"';
+  for (char ch : s) {
+    const auto c = static_cast<unsigned char>(ch);
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\b': out += "\\b"; break;
+      case '\f': out += "\\f"; break;
+      case '\n': out += "\\n"; break;
+      case '\r': out += "\\r"; break;
+      case '\t': out += "\\t"; break;
+      default:
+        if (c < 0x20) {
+          char buf[8];
+          std::snprintf(buf, sizeof(buf), "\\u%04x", c);
+          out += buf;
+        } else {
+          out += ch;
+        }
+    }
+  }
+  out += '"';
+}
+
+bool ValidUtf8(std::string_view s) {
+  return TokenText(s).size() == s.size() && TokenText(s) == s;
+}
+
+}  // namespace
+
+std::optional<std::string> FastDeltaChunk(const ResponseHeader& h, const ChoiceDelta& d,
+                                          bool include_usage) {
+  if (!d.logprobs.empty() || !d.tool_calls.empty()) return std::nullopt;
+  if (!ValidUtf8(d.content) || !ValidUtf8(d.reasoning)) return std::nullopt;  // dump() repairs
+  // Keys in nlohmann's (sorted) order, so the bytes match DeltaChunk(...).dump().
+  std::string out = "{\"choices\":[{";
+  if (h.chat) {
+    out += "\"delta\":{";
+    bool first = true;
+    if (!d.content.empty()) {
+      out += "\"content\":";
+      AppendJsonString(out, d.content);
+      first = false;
+    }
+    if (!d.reasoning.empty()) {
+      if (!first) out += ',';
+      out += "\"reasoning\":";
+      AppendJsonString(out, d.reasoning);
+      out += ",\"reasoning_content\":";
+      AppendJsonString(out, d.reasoning);
+    }
+    out += "},";
+  }
+  out += "\"finish_reason\":";
+  if (d.finish_reason) {
+    AppendJsonString(out, *d.finish_reason);
+  } else {
+    out += "null";
+  }
+  absl::StrAppend(&out, ",\"index\":", d.index, ",\"logprobs\":null");
+  if (!h.chat) {
+    out += ",\"text\":";
+    AppendJsonString(out, d.content);
+  }
+  absl::StrAppend(&out, "}],\"created\":", h.created, ",\"id\":");
+  AppendJsonString(out, h.id);
+  out += ",\"model\":";
+  AppendJsonString(out, h.model);
+  out += h.chat ? ",\"object\":\"chat.completion.chunk\"" : ",\"object\":\"text_completion\"";
+  out += ",\"system_fingerprint\":null";
+  if (include_usage) out += ",\"usage\":null";
+  out += '}';
+  return out;
 }
 
 json UsageChunk(const ResponseHeader& h, const engine::Usage& usage) {

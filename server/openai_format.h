@@ -35,6 +35,11 @@ nlohmann::json DeltaChunk(const ResponseHeader& h, const ChoiceDelta& d, bool in
 // text_offset); *chars is the choice's text length so far and is advanced past the delta.
 std::vector<int64_t> TokenOffsets(const ChoiceDelta& d, int64_t* chars);
 
+// DeltaChunk(...).dump() without building a JSON tree, for the per-token common case (text or
+// reasoning only: no logprobs, no tool calls); nullopt otherwise. Same bytes as dump().
+std::optional<std::string> FastDeltaChunk(const ResponseHeader& h, const ChoiceDelta& d,
+                                          bool include_usage);
+
 // The stream's last chunk with include_usage: no choices, the usage.
 nlohmann::json UsageChunk(const ResponseHeader& h, const engine::Usage& usage);
 

@@ -50,7 +50,12 @@ struct StreamState {
       const bool empty = d.content.empty() && d.reasoning.empty() && d.tool_calls.empty() &&
                          d.logprobs.empty() && !d.finish_reason;
       if (empty) continue;
-      out += SseEvent(DeltaChunk(header, d, include_usage, &text_offsets[d.index]));
+      if (auto fast = FastDeltaChunk(header, d, include_usage)) {
+        TokenOffsets(d, &text_offsets[d.index]);  // keeps the running text length right
+        absl::StrAppend(&out, "data: ", *fast, "\n\n");
+      } else {
+        out += SseEvent(DeltaChunk(header, d, include_usage, &text_offsets[d.index]));
+      }
     }
     if (e.finished) {
       if (!e.error.empty()) {

@@ -177,5 +177,39 @@ TEST(ChoiceTranslatorTest, TokenTextReplacesInvalidUtf8) {
   EXPECT_NO_THROW(json(TokenText("\xFF\xFE")).dump());
 }
 
+TEST(ChoiceTranslatorTest, FastChunksAreByteForByteTheJsonOnes) {
+  std::vector<ChoiceDelta> deltas(6);
+  deltas[0].content = "plain";
+  deltas[1].content = "quote \" backslash \\ newline \n tab \t bell \x07 del \x7f";
+  deltas[2].reasoning = "think \xE4\xBD\xA0\xE5\xA5\xBD";
+  deltas[2].content = "and \xF0\x9F\x98\x80";
+  deltas[3].finish_reason = "length";
+  deltas[4].index = 3;
+  deltas[4].content = "x";
+  deltas[4].finish_reason = "stop";
+  deltas[5].content = "cut \xE4\xBD";  // invalid UTF-8: left to the JSON library
+  for (bool chat : {true, false}) {
+    for (bool usage : {true, false}) {
+      for (size_t i = 0; i < deltas.size(); ++i) {
+        SCOPED_TRACE(std::to_string(i) + (chat ? " chat" : " completion"));
+        int64_t offset = 0;
+        const std::string want =
+            DeltaChunk(Header(chat), deltas[i], usage, &offset)
+                .dump(-1, ' ', false, json::error_handler_t::replace);
+        const auto fast = FastDeltaChunk(Header(chat), deltas[i], usage);
+        if (i == 5) {
+          EXPECT_FALSE(fast.has_value());
+          continue;
+        }
+        ASSERT_TRUE(fast.has_value());
+        EXPECT_EQ(*fast, want);
+      }
+    }
+  }
+  ChoiceDelta with_logprobs;
+  with_logprobs.logprobs.emplace_back();
+  EXPECT_FALSE(FastDeltaChunk(Header(true), with_logprobs, false).has_value());
+}
+
 }  // namespace
 }  // namespace dserve::server
