@@ -19,6 +19,7 @@
 #include "cli/flags.h"
 #include "cli/http_client.h"
 #include "cli/model_session.h"
+#include "cli/percentiles.h"
 #include "core/check.h"
 #include "nlohmann/json.hpp"
 
@@ -32,25 +33,6 @@ using Headers = std::vector<std::pair<std::string, std::string>>;
 constexpr const char* kCommand = "bench-serve";
 
 double Ms(Clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); }
-
-struct Percentiles {
-  double p50 = 0, p90 = 0, p99 = 0;
-};
-
-// Nearest-rank percentiles of v (milliseconds), as `dserve bench` reports them.
-Percentiles Summarise(std::vector<double> v) {
-  Percentiles p;
-  if (v.empty()) return p;
-  std::sort(v.begin(), v.end());
-  auto at = [&](double q) {
-    const size_t rank = static_cast<size_t>(std::ceil(q * v.size()));
-    return v[std::min(v.size() - 1, rank == 0 ? 0 : rank - 1)];
-  };
-  p.p50 = at(0.50);
-  p.p90 = at(0.90);
-  p.p99 = at(0.99);
-  return p;
-}
 
 struct Config {
   Url url;

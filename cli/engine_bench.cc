@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "cli/engine_flags.h"
+#include "cli/percentiles.h"
 #include "core/progress.h"
 #include "engine/engine.h"
 #include "nlohmann/json.hpp"
@@ -22,25 +23,6 @@ namespace dserve::cli {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-struct Percentiles {
-  double p50 = 0, p90 = 0, p99 = 0;
-};
-
-// Nearest-rank percentiles of v (milliseconds).
-Percentiles Summarise(std::vector<double> v) {
-  Percentiles p;
-  if (v.empty()) return p;
-  std::sort(v.begin(), v.end());
-  auto at = [&](double q) {
-    const size_t rank = static_cast<size_t>(std::ceil(q * v.size()));
-    return v[std::min(v.size() - 1, rank == 0 ? 0 : rank - 1)];
-  };
-  p.p50 = at(0.50);
-  p.p90 = at(0.90);
-  p.p99 = at(0.99);
-  return p;
-}
 
 struct Timeline {
   Clock::time_point submitted;
