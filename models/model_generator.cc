@@ -41,6 +41,9 @@ struct TensorSpec {
   // FP8 scale tensors only: the name and shape of the weight they scale (empty otherwise).
   std::string scale_of;
   std::vector<int64_t> weight_shape;
+  // Draw the values of this tensor instead of the own name's: a byte-identical copy (the MTP
+  // layer's embed_tokens and shared_head.head, as DeepSeek-V3 publishes them).
+  std::string copy_of;
 
   int64_t numel() const {
     int64_t n = 1;
@@ -75,7 +78,7 @@ uint64_t TensorSeed(uint64_t seed, const std::string& name) {
 }
 
 std::vector<float> Values(const TensorSpec& s, uint64_t seed) {
-  Rng rng(TensorSeed(seed, s.name));
+  Rng rng(TensorSeed(seed, s.copy_of.empty() ? s.name : s.copy_of));
   std::vector<float> v(s.numel());
   const float uniform_std = std::sqrt(3.0f);  // U(-1, 1) has std 1/sqrt(3)
   float scale = 0.0f;
@@ -134,7 +137,8 @@ std::vector<uint8_t> Produce(const TensorSpec& s, uint64_t seed) {
   }
   if (!s.scale_of.empty()) {
     // The weight's values are seeded by its own name, so they can be drawn again here.
-    const TensorSpec weight{s.scale_of, DType::kF8E4M3, s.weight_shape, Init::kProjection, "", {}};
+    const TensorSpec weight{s.scale_of, DType::kF8E4M3, s.weight_shape, Init::kProjection, "", {},
+                            ""};
     const std::vector<float> scales =
         BlockScales(Values(weight, seed), s.weight_shape[0], s.weight_shape[1]);
     std::memcpy(bytes.data(), scales.data(), scales.size() * sizeof(float));
@@ -167,8 +171,9 @@ class SpecBuilder {
     if (c_.num_nextn_predict_layers > 0) {
       const int L = c_.num_hidden_layers;
       const std::string p = absl::StrCat("model.layers.", L, ".");
+      // DeepSeek-V3 stores the MTP layer's embedding and head as byte copies of the main ones.
       Add(p + "embed_tokens.weight", DType::kBF16, {c_.vocab_size, c_.hidden_size},
-          Init::kEmbedding);
+          Init::kEmbedding, "model.embed_tokens.weight");
       Add(p + "enorm.weight", DType::kBF16, {c_.hidden_size}, Init::kNorm);
       Add(p + "hnorm.weight", DType::kBF16, {c_.hidden_size}, Init::kNorm);
       Add(p + "eh_proj.weight", DType::kBF16, {c_.hidden_size, 2 * c_.hidden_size},
@@ -176,14 +181,15 @@ class SpecBuilder {
       Block(L);
       Add(p + "shared_head.norm.weight", DType::kBF16, {c_.hidden_size}, Init::kNorm);
       Add(p + "shared_head.head.weight", DType::kBF16, {c_.vocab_size, c_.hidden_size},
-          Init::kProjection);
+          Init::kProjection, "lm_head.weight");
     }
     return std::move(specs_);
   }
 
  private:
-  void Add(std::string name, DType dtype, std::vector<int64_t> shape, Init init) {
-    specs_.push_back({std::move(name), dtype, std::move(shape), init, "", {}});
+  void Add(std::string name, DType dtype, std::vector<int64_t> shape, Init init,
+           std::string copy_of = "") {
+    specs_.push_back({std::move(name), dtype, std::move(shape), init, "", {}, std::move(copy_of)});
   }
 
   // A projection inside a decoder block: FP8 + block scales in FP8 checkpoints.
@@ -192,7 +198,7 @@ class SpecBuilder {
     Add(name, DType::kF8E4M3, {rows, cols}, Init::kProjection);
     specs_.push_back({name + "_scale_inv", DType::kF32,
                       {(rows + kBlock - 1) / kBlock, (cols + kBlock - 1) / kBlock},
-                      Init::kProjection, name, {rows, cols}});
+                      Init::kProjection, name, {rows, cols}, ""});
   }
 
   void Mlp(const std::string& p, int64_t intermediate) {

@@ -61,6 +61,8 @@ struct ModelWeights {
   Tensor final_norm;
   Weight lm_head;  // [vocab, hidden]
   std::optional<MtpWeights> mtp;
+  // Bytes of the MTP layer's embedding/head found identical to the main ones and shared.
+  int64_t mtp_bytes_shared = 0;
 };
 
 absl::StatusOr<ModelWeights> BindWeights(const ModelConfig& config, const Checkpoint& checkpoint);

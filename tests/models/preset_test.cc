@@ -12,10 +12,13 @@
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_ops.h"
 #include "models/checkpoint.h"
+#include "models/config.h"
 #include "models/deepseek_model.h"
 #include "models/greedy_decode.h"
 #include "models/model_generator.h"
 #include "models/presets.h"
+#include "models/weights.h"
+#include "nlohmann/json.hpp"
 #include "tests/support/compare.h"
 #include "tests/support/reference_model.h"
 #include "tests/support/test_env.h"
@@ -217,6 +220,49 @@ INSTANTIATE_TEST_SUITE_P(Presets, PresetTest,
                            std::replace(n.begin(), n.end(), '-', '_');
                            return n;
                          });
+
+// The published V3 checkpoint stores the MTP layer's embed_tokens and shared_head.head as byte
+// copies of the main embedding and LM head; the generator does too, and the loader then keeps
+// one of each. A checkpoint whose copy differs in one byte keeps its own.
+TEST(MtpSharing, IdenticalMtpEmbeddingAndHeadAreLoadedOnce) {
+  const std::string dir = PresetDir("tiny-v3");
+  auto config = LoadModelConfig(dir);
+  ASSERT_TRUE(config.ok()) << config.status();
+  {
+    auto checkpoint = Checkpoint::Open(dir, false);
+    ASSERT_TRUE(checkpoint.ok()) << checkpoint.status();
+    auto w = BindWeights(*config, **checkpoint);
+    ASSERT_TRUE(w.ok()) << w.status();
+    ASSERT_TRUE(w->mtp.has_value());
+    EXPECT_EQ(w->mtp->head.data, w->lm_head.data);
+    EXPECT_EQ(w->mtp->embed.data, w->embed.data);
+    EXPECT_EQ(w->mtp_bytes_shared, 2 * config->vocab_size * config->hidden_size * 2);
+  }
+  // A copy of the checkpoint with one byte of the MTP head changed in its file.
+  const std::string changed = testing::ScratchDir("mtp-changed") + "/model";
+  fs::copy(dir, changed);
+  const std::string name =
+      "model.layers." + std::to_string(config->num_hidden_layers) + ".shared_head.head.weight";
+  const nlohmann::json index =
+      nlohmann::json::parse(ReadFile(fs::path(changed) / "model.safetensors.index.json"));
+  const fs::path shard = fs::path(changed) / index["weight_map"][name].get<std::string>();
+  std::fstream f(shard, std::ios::in | std::ios::out | std::ios::binary);
+  uint64_t header_len = 0;
+  f.read(reinterpret_cast<char*>(&header_len), 8);
+  std::string header(header_len, '\0');
+  f.read(header.data(), static_cast<std::streamsize>(header_len));
+  const int64_t begin = nlohmann::json::parse(header)[name]["data_offsets"][0];
+  f.seekp(static_cast<std::streamoff>(8 + header_len + begin + 1));
+  f.put('\x01');  // the high byte of the first BF16 value: a different weight
+  f.close();
+  auto checkpoint = Checkpoint::Open(changed, false);
+  ASSERT_TRUE(checkpoint.ok()) << checkpoint.status();
+  auto w = BindWeights(*config, **checkpoint);
+  ASSERT_TRUE(w.ok()) << w.status();
+  EXPECT_NE(w->mtp->head.data, w->lm_head.data);
+  EXPECT_EQ(w->mtp->embed.data, w->embed.data);
+  EXPECT_EQ(w->mtp_bytes_shared, config->vocab_size * config->hidden_size * 2);
+}
 
 TEST(PresetCatalog, UnknownPresetNamesTheKnownOnes) {
   auto p = FindPreset("tiny-v9");
