@@ -129,6 +129,7 @@ absl::Status EngineCore::Add(RequestId id, Request request) {
   state->id = id;
   state->seed = request.params.seed ? *request.params.seed : std::random_device()() * 0x100000001ull;
   state->request = std::move(request);
+  state->added_at = std::chrono::steady_clock::now();
   std::unique_ptr<Sequence> seq = NewSequence(state, 0);
   scheduler_->AddWaiting(seq.get());
   sequences_[seq->id] = std::move(seq);
@@ -176,6 +177,7 @@ void EngineCore::Finish(Sequence& seq, RequestOutput& out) {
     out.usage.prompt_tokens = static_cast<int64_t>(r.request.prompt.size());
     out.usage.completion_tokens = r.completion_tokens;
     out.usage.cached_prompt_tokens = r.cached_prompt_tokens;
+    out.queue_seconds = r.queue_seconds;
     requests_.erase(r.id);
   }
 }
@@ -245,6 +247,10 @@ absl::Status EngineCore::Step(std::vector<RequestOutput>* outputs) {
   stats_.schedule_seconds += Seconds(t0, t1);
   stats_.peak_used_pages = std::max(stats_.peak_used_pages, kv_->num_used_pages());
   if (work.empty()) return absl::OkStatus();
+  for (const ScheduledWork& w : work.work) {
+    RequestState& r = *w.seq->request;
+    if (r.queue_seconds < 0) r.queue_seconds = Seconds(r.added_at, t1);
+  }
 
   RunnerOutput& run = run_;
   const absl::Status status = runner_->Run(work, &run);

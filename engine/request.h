@@ -50,6 +50,8 @@ struct RequestOutput {
   std::optional<int32_t> stop_token;   // which stop token (or EOS) ended it
   bool request_finished = false;       // every sample of the request has finished
   Usage usage;                         // filled once request_finished
+  // Filled once request_finished: seconds from being queued to first running (-1: never ran).
+  double queue_seconds = -1;
   std::string error;
 };
 

@@ -2,6 +2,7 @@
 // generated), how many of them are in the KV cache, and its sampling state.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <utility>
@@ -22,6 +23,8 @@ struct RequestState {
   int live_samples = 0;              // samples not yet finished
   int64_t completion_tokens = 0;
   bool forked = false;               // the n - 1 further samples exist
+  std::chrono::steady_clock::time_point added_at;  // when EngineCore::Add queued it
+  double queue_seconds = -1;         // from added_at to its first scheduled step (-1: not yet)
 };
 
 struct Sequence {

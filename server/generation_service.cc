@@ -95,6 +95,7 @@ void Generation::State::OnOutput(int prompt_index, const engine::RequestOutput& 
       metrics->AddCachedPromptTokens(out.usage.cached_prompt_tokens);
       metrics->AddGenerationTokens(out.usage.completion_tokens);
       metrics->ObserveRequestTokens(out.usage.prompt_tokens, out.usage.completion_tokens);
+      if (out.queue_seconds >= 0) metrics->ObserveQueueTime(out.queue_seconds);
     }
     --prompts_left;
   }

@@ -518,6 +518,11 @@ TEST(HttpApiTest, MetricsExposeLatencyAndExpertLoad) {
     EXPECT_NE(m.body.find(family), std::string::npos) << family;
   }
   EXPECT_GT(MetricValue(m.body, "dserve:generation_tokens_total"), 0.0);
+  // Every request that ran reports how long it waited to be scheduled (one cancelled while
+  // still queued has no such time).
+  EXPECT_GT(MetricValue(m.body, "dserve:request_queue_time_seconds_count"), 0.0);
+  EXPECT_LE(MetricValue(m.body, "dserve:request_queue_time_seconds_count"),
+            MetricValue(m.body, "dserve:e2e_request_latency_seconds_count"));
 }
 
 // Auth and the queue limit need their own router over the shared service and engine.
