@@ -211,5 +211,34 @@ TEST(ChoiceTranslatorTest, FastChunksAreByteForByteTheJsonOnes) {
   EXPECT_FALSE(FastDeltaChunk(Header(true), with_logprobs, false).has_value());
 }
 
+TEST(ChoiceTranslatorTest, TextOffsetsCountCharactersAfterTheEcho) {
+  auto delta = [](std::string content, std::vector<std::string> tokens) {
+    ChoiceDelta d;
+    d.content = std::move(content);
+    for (std::string& t : tokens) {
+      TokenLogprob lp;
+      lp.token = std::move(t);
+      d.logprobs.push_back(std::move(lp));
+    }
+    return d;
+  };
+  int64_t chars = 0;
+  // The first delta carries the echoed prompt (5 characters, one of them 2 bytes) before its
+  // token's text.
+  EXPECT_EQ(TokenOffsets(delta("h\xC3\xA9llo world", {" world"}), &chars),
+            (std::vector<int64_t>{5}));
+  EXPECT_EQ(chars, 11);
+  EXPECT_EQ(TokenOffsets(delta("\xE4\xBD\xA0\xE5\xA5\xBD", {"\xE4\xBD\xA0", "\xE5\xA5\xBD"}), &chars),
+            (std::vector<int64_t>{11, 12}));
+  EXPECT_EQ(chars, 13);
+  // And through the whole-response builder.
+  ResponseBuilder whole(Header(false), 1, true);
+  whole.Add(delta("ab", {"a", "b"}));
+  whole.Add(delta("c", {"c"}));
+  const json lp = whole.Build({})["choices"][0]["logprobs"];
+  EXPECT_EQ(lp["text_offset"], json::parse("[0, 1, 2]"));
+  EXPECT_EQ(lp["tokens"], json::parse(R"(["a", "b", "c"])"));
+}
+
 }  // namespace
 }  // namespace dserve::server
