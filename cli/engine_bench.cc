@@ -41,6 +41,8 @@ struct Figures {
   Percentiles ttft, itl;
   int64_t peak_pages = 0, steps = 0, tokens = 0, preemptions = 0;
   double sched_share = 0, sample_share = 0, forward_share = 0;
+  int64_t drafts = 0, accepted_drafts = 0;  // speculative decoding
+  double mtp_share = 0;
 };
 
 struct Workload {
@@ -131,6 +133,9 @@ absl::StatusOr<Figures> RunOnce(ModelSession& session, const engine::EngineConfi
   f.sched_share = step_s > 0 ? (after.schedule_seconds - before.schedule_seconds) / step_s : 0;
   f.sample_share = step_s > 0 ? (after.sample_seconds - before.sample_seconds) / step_s : 0;
   f.forward_share = step_s > 0 ? (after.forward_seconds - before.forward_seconds) / step_s : 0;
+  f.mtp_share = step_s > 0 ? (after.mtp_seconds - before.mtp_seconds) / step_s : 0;
+  f.drafts = after.draft_tokens - before.draft_tokens;
+  f.accepted_drafts = after.accepted_draft_tokens - before.accepted_draft_tokens;
   f.peak_pages = after.peak_used_pages;
   f.preemptions = eng.total_preemptions();
   int64_t prompt_tokens = 0, generated = 0, cached = 0;
@@ -202,6 +207,9 @@ Figures Medians(const std::vector<Figures>& runs) {
   m.sched_share = med([](const Figures& f) { return f.sched_share; });
   m.sample_share = med([](const Figures& f) { return f.sample_share; });
   m.forward_share = med([](const Figures& f) { return f.forward_share; });
+  m.mtp_share = med([](const Figures& f) { return f.mtp_share; });
+  m.drafts = static_cast<int64_t>(med([](const Figures& f) { return f.drafts; }));
+  m.accepted_drafts = static_cast<int64_t>(med([](const Figures& f) { return f.accepted_drafts; }));
   return m;
 }
 
@@ -228,6 +236,10 @@ nlohmann::ordered_json ToJson(const Workload& w, const Setting& s, const Figures
       {"scheduler_share", f.sched_share},
       {"sampler_share", f.sample_share},
       {"preemptions", f.preemptions},
+      {"draft_tokens", f.drafts},
+      {"accepted_draft_tokens", f.accepted_drafts},
+      {"draft_acceptance_rate", f.drafts ? static_cast<double>(f.accepted_drafts) / f.drafts : 0.0},
+      {"mtp_share", f.mtp_share},
   };
 }
 
@@ -257,6 +269,12 @@ void Print(const Workload& w, const Setting& s, const Figures& f, int threads, i
               static_cast<long long>(f.preemptions));
   std::printf("step time        scheduler %.2f%%, forward %.1f%%, sampling %.1f%%\n",
               100.0 * f.sched_share, 100.0 * f.forward_share, 100.0 * f.sample_share);
+  if (f.drafts > 0) {
+    std::printf("speculative      %lld of %lld MTP drafts accepted (%.1f%%), MTP head %.1f%% of "
+                "step time\n",
+                static_cast<long long>(f.accepted_drafts), static_cast<long long>(f.drafts),
+                100.0 * f.accepted_drafts / f.drafts, 100.0 * f.mtp_share);
+  }
 }
 
 }  // namespace

@@ -13,6 +13,9 @@ std::vector<FlagSpec> EngineFlags() {
       {"max-batched-tokens", "tokens per forward step over all sequences", "512"},
       {"max-num-seqs", "sequences running at once", "64"},
       {"no-prefix-caching", "do not reuse the KV pages of earlier prompts", "", true},
+      {"speculative", "mtp: the model's MTP head drafts, the main model verifies (same output)",
+       ""},
+      {"num-speculative-tokens", "drafts per step with --speculative mtp", "1"},
   };
 }
 
@@ -38,6 +41,15 @@ absl::StatusOr<engine::EngineConfig> ParseEngineConfig(const Flags& flags,
                           flags.GetInt("max-batched-tokens", 1, 1 << 20));
   DSERVE_ASSIGN_OR_RETURN(c.scheduler.max_num_seqs, flags.GetInt("max-num-seqs", 1, 1 << 16));
   c.enable_prefix_caching = !flags.GetBool("no-prefix-caching");
+  const std::string speculative = flags.Get("speculative");
+  if (!speculative.empty()) {
+    if (speculative != "mtp") {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--speculative must be mtp, got '", speculative, "'"));
+    }
+    DSERVE_ASSIGN_OR_RETURN(const int64_t k, flags.GetInt("num-speculative-tokens", 1, 1));
+    c.num_speculative_tokens = static_cast<int>(k);
+  }
   c.mla_mode = session.mla_mode;
   c.sampler_threads = session.ops->num_threads();
   return c;

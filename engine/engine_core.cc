@@ -1,11 +1,15 @@
 #include "engine/engine_core.h"
 
+#include <cstring>
+#include <optional>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <random>
 
 #include "absl/strings/str_cat.h"
+#include "models/greedy_decode.h"
 #include "core/check.h"
 
 namespace dserve::engine {
@@ -47,6 +51,16 @@ absl::StatusOr<std::unique_ptr<EngineCore>> EngineCore::Create(models::DeepseekM
   if (pages <= 0) {
     if (!(config.kv_cache_gb > 0)) return absl::InvalidArgumentError("--kv-cache-gb must be > 0");
     pages = static_cast<int64_t>(config.kv_cache_gb * (1ull << 30) / shape.page_bytes());
+  }
+  if (config.num_speculative_tokens < 0 || config.num_speculative_tokens > 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--num-speculative-tokens must be 0 or 1 (one MTP draft per step), got ",
+        config.num_speculative_tokens));
+  }
+  if (config.num_speculative_tokens > 0 && !model.has_mtp()) {
+    return absl::InvalidArgumentError(
+        "--speculative mtp needs a checkpoint with its MTP layer (model.layers."
+        + std::to_string(model.config().num_hidden_layers) + ".*)");
   }
   if (pages < 1) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -159,9 +173,9 @@ void EngineCore::Cancel(RequestId id) {
   }
 }
 
-std::vector<int32_t> EngineCore::BannedIds(const Sequence& seq) const {
+std::vector<int32_t> EngineCore::BannedIds(const Sequence& seq, int64_t generated) const {
   const SamplingParams& p = seq.params();
-  if (seq.generated() >= p.min_tokens) return {};
+  if (generated >= p.min_tokens) return {};
   std::vector<int32_t> banned = p.stop_token_ids;
   if (!p.ignore_eos) banned.push_back(static_cast<int32_t>(model_.config().eos_token_id));
   std::sort(banned.begin(), banned.end());
@@ -272,31 +286,59 @@ absl::Status EngineCore::Step(std::vector<RequestOutput>* outputs) {
     }
     return status;
   }
+  // Rows with drafts are final only once checked: their pages wait for the check.
   for (const ScheduledWork& w : work.work) {
     w.seq->num_computed += w.num_tokens;
-    kv_->MarkComputed(w.seq->id, w.seq->tokens, w.seq->num_computed);
+    if (w.seq->num_drafts == 0) kv_->MarkComputed(w.seq->id, w.seq->tokens, w.seq->num_computed);
   }
 
   // The sampler is a pure function of its inputs and each sequence's own random stream, so
   // sequences sample in parallel and the result does not depend on the batch.
   const int64_t vocab = model_.config().vocab_size;
   const int64_t n = static_cast<int64_t>(run.items.size());
-  std::vector<SampledToken> sampled(n);
+  std::vector<std::vector<SampledToken>> sampled(n);
   sample_pool_.ParallelFor(n, 1, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
       Sequence& seq = *work.work[run.items[i]].seq;
-      const std::vector<int32_t> banned = BannedIds(seq);
-      sampled[i] = Sample(std::span<const float>(run.logits.data() + i * vocab, vocab),
-                          seq.params(), seq.penalties, banned, seq.rng);
+      sampled[i] = SampleItem(seq, run.logits.data() + run.logit_row[i] * vocab);
     }
   });
+  // Per work item: how many of its rows hold final tokens (the MTP head runs over those).
+  std::vector<int64_t> valid_rows(work.work.size());
+  for (size_t w = 0; w < work.work.size(); ++w) valid_rows[w] = work.work[w].num_tokens;
   std::vector<int64_t> finished;
   for (int64_t i = 0; i < n; ++i) {
     Sequence& seq = *work.work[run.items[i]].seq;
+    const std::vector<SampledToken>& tokens = sampled[i];
+    if (seq.num_drafts > 0) {
+      // Keep the accepted drafts in place, register the pages they complete, then take the
+      // drafts out and accept every token the regular way (stop conditions included).
+      const int64_t accepted = static_cast<int64_t>(tokens.size()) - 1;
+      const int64_t rejected = seq.num_drafts - accepted;
+      stats_.draft_tokens += seq.num_drafts;
+      stats_.accepted_draft_tokens += accepted;
+      seq.DropDrafts(rejected);
+      seq.num_computed -= rejected;
+      valid_rows[run.items[i]] -= rejected;
+      kv_->MarkComputed(seq.id, seq.tokens, seq.num_computed);
+      seq.DropDrafts(seq.num_drafts);
+    }
     const bool fork = seq.index == 0 && !seq.request->forked && seq.request->request.params.n > 1;
-    if (fork) Fork(seq, std::span<const float>(run.logits.data() + i * vocab, vocab), outputs);
-    Accept(seq, sampled[i], outputs);
+    if (fork) {
+      Fork(seq, std::span<const float>(run.logits.data() + run.logit_row[i] * vocab, vocab),
+           outputs);
+    }
+    for (const SampledToken& t : tokens) {
+      Accept(seq, t, outputs);
+      if (seq.finish != FinishReason::kNone) break;
+    }
     if (seq.finish != FinishReason::kNone) finished.push_back(seq.id);
+  }
+  const auto sampled_at = std::chrono::steady_clock::now();
+  if (config_.num_speculative_tokens > 0) {
+    const absl::Status drafted = Draft(work, valid_rows);
+    // A failed draft costs only speed: the sequences decode on without one.
+    if (!drafted.ok()) DropAllDrafts();
   }
   for (const auto& [id, seq] : sequences_) {
     if (seq->finish != FinishReason::kNone) finished.push_back(id);
@@ -306,8 +348,93 @@ absl::Status EngineCore::Step(std::vector<RequestOutput>* outputs) {
   ++stats_.steps;
   stats_.tokens += work.num_tokens;
   stats_.forward_seconds += Seconds(t1, t2);
-  stats_.sample_seconds += Seconds(t2, t3);
+  stats_.sample_seconds += Seconds(t2, sampled_at);
+  stats_.mtp_seconds += Seconds(sampled_at, t3);
   stats_.step_seconds += Seconds(t0, t3);
+  return absl::OkStatus();
+}
+
+void EngineCore::DropAllDrafts() {
+  for (auto& [id, seq] : sequences_) seq->DropDrafts(seq->num_drafts);
+}
+
+std::vector<SampledToken> EngineCore::SampleItem(Sequence& seq, const float* logits) const {
+  const int64_t vocab = model_.config().vocab_size;
+  const int64_t drafts = seq.num_drafts;
+  const int32_t* draft = seq.tokens.data() + seq.tokens.size() - drafts;
+  std::vector<SampledToken> out;
+  // Later positions see the earlier drafts as generated tokens (penalties, min_tokens).
+  std::optional<PenaltyState> penalties;
+  for (int64_t i = 0; i <= drafts; ++i) {
+    const PenaltyState& pen = penalties ? *penalties : seq.penalties;
+    const std::vector<int32_t> banned = BannedIds(seq, seq.generated() + i);
+    out.push_back(Sample(std::span<const float>(logits + i * vocab, vocab), seq.params(), pen,
+                         banned, seq.rng));
+    if (i == drafts || out.back().token != draft[i]) break;
+    if (!penalties) penalties = seq.penalties;
+    penalties->Add(draft[i]);
+  }
+  return out;
+}
+
+absl::Status EngineCore::Draft(const SchedulerOutput& work, const std::vector<int64_t>& valid_rows) {
+  const models::ModelConfig& c = model_.config();
+  const RunnerOutput& run = run_;
+  std::vector<int32_t> next_tokens, positions, logit_rows;
+  std::vector<Sequence*> drafting;
+  std::vector<std::pair<int64_t, int64_t>> rows;  // [batch row, count] to gather
+  kernels::AttentionBatch batch;
+  for (size_t w = 0; w < work.work.size(); ++w) {
+    Sequence& seq = *work.work[w].seq;
+    // Finished sequences have released their pages; a preempted one has none.
+    if (seq.finish != FinishReason::kNone || !kv_->HasSequence(seq.id) || valid_rows[w] == 0) {
+      continue;
+    }
+    // Row j (position p) pairs the main model's state at p with the token at p + 1.
+    const int64_t first = seq.num_computed - valid_rows[w];
+    const int64_t count =
+        std::min<int64_t>(valid_rows[w], static_cast<int64_t>(seq.tokens.size()) - 1 - first);
+    if (count <= 0) continue;
+    const int64_t row_begin = static_cast<int64_t>(next_tokens.size());
+    AppendSlices(seq, kv_->BlockTable(seq.id), first, first + count, row_begin, &batch);
+    for (int64_t j = 0; j < count; ++j) {
+      next_tokens.push_back(seq.tokens[first + j + 1]);
+      positions.push_back(static_cast<int32_t>(first + j));
+    }
+    rows.emplace_back(run.batch_row[w], count);
+    // A decoding sequence with room for two more tokens drafts the one after its next.
+    if (first + count == seq.num_computed && seq.decoding() && seq.generated() > 0 &&
+        seq.generated() + 1 < seq.params().max_tokens) {
+      logit_rows.push_back(static_cast<int32_t>(next_tokens.size() - 1));
+      drafting.push_back(&seq);
+    }
+  }
+  if (next_tokens.empty()) return absl::OkStatus();
+  Tensor hidden = Tensor::Zeros(DType::kF32, {static_cast<int64_t>(next_tokens.size()),
+                                              c.hidden_size});
+  float* dst = hidden.data<float>();
+  for (const auto& [begin, count] : rows) {
+    std::memcpy(dst, run.hidden->data<float>() + begin * c.hidden_size,
+                static_cast<size_t>(count * c.hidden_size) * sizeof(float));
+    dst += count * c.hidden_size;
+  }
+  batch.positions = positions;
+  models::MtpInput in;
+  in.next_tokens = next_tokens;
+  in.hidden = &hidden;
+  in.batch = std::move(batch);
+  in.logit_rows = logit_rows;
+  in.mla_mode = config_.mla_mode;
+  DSERVE_RETURN_IF_ERROR(model_.ForwardMtp(in, cache_, &mtp_logits_));
+  for (size_t i = 0; i < drafting.size(); ++i) {
+    const std::span<const float> row(mtp_logits_.data() + i * c.vocab_size, c.vocab_size);
+    int32_t draft = models::ArgMax(row);
+    if (config_.draft_override_for_testing) {
+      if (auto forced = config_.draft_override_for_testing(*drafting[i])) draft = *forced;
+    }
+    drafting[i]->tokens.push_back(draft);
+    drafting[i]->num_drafts = 1;
+  }
   return absl::OkStatus();
 }
 

@@ -5,6 +5,8 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <optional>
 #include <memory>
 #include <unordered_map>
 #include <vector>
@@ -32,6 +34,14 @@ struct EngineConfig {
   bool enable_prefix_caching = true;
   kernels::MlaMode mla_mode = kernels::MlaMode::kAuto;
   int sampler_threads = 1;     // threads sampling the sequences of a step
+  // MTP speculative decoding: drafts per decoding sequence and step (0: off; the model needs
+  // its MTP layer). The output is unchanged: every position is still sampled from the main
+  // model's logits and a draft only saves the step that would have produced it.
+  int num_speculative_tokens = 0;
+  // Tests only: replaces the MTP head's draft for a sequence when it returns a token (the MTP
+  // head still runs). Random-weight test models never draft right; this exercises the paths
+  // that accept drafts.
+  std::function<std::optional<int32_t>(const Sequence&)> draft_override_for_testing;
 };
 
 struct EngineStats {
@@ -39,6 +49,9 @@ struct EngineStats {
   int64_t tokens = 0;  // rows run through the model
   double schedule_seconds = 0, forward_seconds = 0, sample_seconds = 0, step_seconds = 0;
   int64_t peak_used_pages = 0;
+  // Speculative decoding: drafts checked, drafts accepted, and the MTP head's time.
+  int64_t draft_tokens = 0, accepted_draft_tokens = 0;
+  double mtp_seconds = 0;
 };
 
 class EngineCore {
@@ -75,8 +88,19 @@ class EngineCore {
              int64_t num_pages);
 
   std::unique_ptr<Sequence> NewSequence(const std::shared_ptr<RequestState>& request, int index);
-  // The ids the sampler must not pick yet (min_tokens).
-  std::vector<int32_t> BannedIds(const Sequence& seq) const;
+  // The ids the sampler must not pick yet (min_tokens) for the token after `generated` ones.
+  std::vector<int32_t> BannedIds(const Sequence& seq, int64_t generated) const;
+  std::vector<int32_t> BannedIds(const Sequence& seq) const {
+    return BannedIds(seq, seq.generated());
+  }
+  // Samples the rows of one finished work item: the next token, or with drafts, each
+  // position in turn while the sampled token equals the draft (so the tokens are exactly
+  // those decoding without drafts samples). Returns the tokens to accept, in order.
+  std::vector<SampledToken> SampleItem(Sequence& seq, const float* logits) const;
+  // The MTP head over this step's final rows of every sequence still running; a decoding
+  // sequence gets its next draft from its last row.
+  absl::Status Draft(const SchedulerOutput& work, const std::vector<int64_t>& valid_rows);
+  void DropAllDrafts();
   // Appends a sampled token, decides whether the sequence ends, and reports it.
   void Accept(Sequence& seq, const SampledToken& sampled, std::vector<RequestOutput>* outputs);
   // Releases a finished sequence; returns the output's request-level fields.
@@ -97,6 +121,7 @@ class EngineCore {
   std::unordered_map<int64_t, std::unique_ptr<Sequence>> sequences_;
   std::vector<RequestOutput> pending_;  // cancellations to report
   RunnerOutput run_;                     // reused: its logits are megabytes
+  std::vector<float> mtp_logits_;        // reused: the drafts' MTP logits
   int64_t next_sequence_ = 0;
   EngineStats stats_;
 };

@@ -15,9 +15,20 @@
 namespace dserve::engine {
 
 struct RunnerOutput {
-  std::vector<float> logits;    // [items.size(), vocab]
-  std::vector<size_t> items;    // indices into SchedulerOutput::work that reached their end
+  // [rows, vocab]: for each item, the logits of its last row, or of its last 1 + num_drafts
+  // rows when it carries drafts (each draft's row checks the draft).
+  std::vector<float> logits;
+  std::vector<size_t> items;       // indices into SchedulerOutput::work that reached their end
+  std::vector<int64_t> logit_row;  // per item: its first row in `logits`
+  std::vector<int64_t> batch_row;  // per work item: its first row in the flattened batch
+  const Tensor* hidden = nullptr;  // [batch rows, hidden]: the last hidden states (for MTP)
 };
+
+// Appends the slices of rows [begin, end) of `seq` (flattened rows from row_begin on) to
+// `batch`: its prompt tokens attend in the naive form, its generated tokens in the absorbed
+// one. The positions are the caller's.
+void AppendSlices(const Sequence& seq, std::span<const int32_t> block_table, int64_t begin,
+                  int64_t end, int64_t row_begin, kernels::AttentionBatch* batch);
 
 class ModelRunner {
  public:

@@ -44,6 +44,7 @@ void Scheduler::Preempt(Sequence* seq, SchedulerOutput& out) {
   // Recompute, not swap: the pages go back (full ones stay in the prefix cache, so the
   // recomputation often finds them again) and the sequence restarts from token 0.
   kv_.Free(seq->id);
+  seq->DropDrafts(seq->num_drafts);  // recomputation starts from verified tokens only
   seq->num_computed = 0;
   seq->admitted = -1;
   ++seq->preemptions;
@@ -100,7 +101,11 @@ SchedulerOutput Scheduler::Schedule() {
   for (const bool decode_pass : {true, false}) {
     for (size_t i = 0; i < running_.size() && budget > 0; ++i) {
       Sequence* seq = running_[i];
-      if (scheduled_[i] != kUnscheduled || (seq->pending() == 1) != decode_pass) continue;
+      if (scheduled_[i] != kUnscheduled || seq->decoding() != decode_pass) continue;
+      // Drafts are checked all at once or not at all: those the budget cannot take go.
+      if (seq->num_drafts > 0 && seq->pending() > budget) {
+        seq->DropDrafts(std::min(seq->num_drafts, seq->pending() - budget));
+      }
       const int64_t n = std::min(seq->pending(), budget);
       if (!ReserveOrPreempt(i, n, out)) continue;
       scheduled_[i] = kScheduled;

@@ -40,8 +40,10 @@ struct Sequence {
   int64_t id;  // the KV cache manager's sequence id
   std::shared_ptr<RequestState> request;
   int index;  // which of the request's samples
-  std::vector<int32_t> tokens;  // prompt + generated
+  // prompt + generated, then num_drafts MTP drafts still to verify (speculative decoding)
+  std::vector<int32_t> tokens;
   int64_t prompt_len;
+  int64_t num_drafts = 0;
   int64_t num_computed = 0;  // tokens whose latents are in the cache
   int64_t admitted = -1;     // admission order (-1: waiting); preemption takes the newest
   int64_t preemptions = 0;
@@ -50,9 +52,18 @@ struct Sequence {
   std::unique_ptr<IncrementalDetokenizer> detokenizer;  // text and stop strings (may be null)
   FinishReason finish = FinishReason::kNone;
 
-  int64_t generated() const { return static_cast<int64_t>(tokens.size()) - prompt_len; }
-  // Tokens still to run through the model before the next sample.
+  int64_t generated() const {
+    return static_cast<int64_t>(tokens.size()) - num_drafts - prompt_len;
+  }
+  // Drops the unverified drafts (preemption, or a step too small to check them all).
+  void DropDrafts(int64_t n) {
+    tokens.resize(tokens.size() - n);
+    num_drafts -= n;
+  }
+  // Tokens still to run through the model before the next sample (drafts included).
   int64_t pending() const { return static_cast<int64_t>(tokens.size()) - num_computed; }
+  // A decode: the one token sampled last, plus its drafts.
+  bool decoding() const { return pending() == 1 + num_drafts; }
   const SamplingParams& params() const { return request->request.params; }
 };
 

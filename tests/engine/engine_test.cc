@@ -4,6 +4,8 @@
 // points leaks nothing, and bad requests are refused with a message naming the problem.
 #include <gtest/gtest.h>
 
+#include <map>
+
 #include <algorithm>
 #include <random>
 #include <set>
@@ -250,6 +252,89 @@ TEST(EngineTest, SeededSamplingDoesNotDependOnTheBatch) {
   // partial page was copied.
   EXPECT_NE(alone[1].tokens.at(0), alone[1].tokens.at(1));
   EXPECT_GT(stats.cow_copies, 0);
+}
+
+// MTP speculative decoding changes nothing but speed: every position is still sampled from
+// the main model's logits (bit-identical however many rows a sequence runs at once) and a draft
+// only stands in for the step that would have produced the same token.
+TEST(EngineTest, MtpDraftsLeaveGreedyOutputUnchanged) {
+  const std::vector<Request> requests = MixedGreedyRequests(5);
+  EngineConfig plain = SmallConfig();
+  const std::vector<Result> alone = RunEachAlone(plain, requests);
+  EngineConfig spec = plain;
+  spec.num_speculative_tokens = 1;
+  // One at a time (concurrency 1), all at once (chunked prefill), arriving one by one, and
+  // under a budget that forces preemption, with and without prefix caching.
+  ExpectSameTokens(RunEachAlone(spec, requests), alone);
+  EngineStats stats;
+  ExpectSameTokens(RunAll(spec, requests, 0, nullptr, nullptr, nullptr, &stats), alone);
+  EXPECT_GT(stats.draft_tokens, 100);  // (the random-weight MTP head is rarely right)
+  ExpectSameTokens(RunAll(spec, requests, /*stagger=*/3), alone);
+  spec.num_pages = 16;
+  for (bool prefix_caching : {true, false}) {
+    SCOPED_TRACE(prefix_caching ? "prefix caching" : "no prefix caching");
+    spec.enable_prefix_caching = prefix_caching;
+    int64_t preemptions = 0;
+    ExpectSameTokens(RunAll(spec, requests, 0, &preemptions), alone);
+    EXPECT_GE(preemptions, 10);
+  }
+}
+
+// Drafts that are mostly right (taken from a run without drafts) and sometimes wrong: accepted
+// runs, rejections, and stops that fall on an accepted draft must all give the same output.
+TEST(EngineTest, AcceptedAndRejectedDraftsLeaveOutputUnchanged) {
+  std::vector<Request> requests = MixedGreedyRequests(6);
+  for (size_t i = 0; i < requests.size(); i += 4) requests[i].params.max_tokens = 20;
+  for (size_t i = 1; i < requests.size(); i += 4) {
+    requests[i].params.min_tokens = std::min(3, requests[i].params.max_tokens);
+  }
+  EngineConfig plain = SmallConfig();
+  const std::vector<Result> alone = RunEachAlone(plain, requests);
+  std::map<std::vector<int32_t>, std::vector<int32_t>> reference;  // prompt -> greedy tokens
+  for (size_t i = 0; i < requests.size(); ++i) {
+    reference[requests[i].prompt] = alone[i].tokens.at(0);
+  }
+  EngineConfig spec = plain;
+  spec.num_speculative_tokens = 1;
+  spec.draft_override_for_testing = [&](const Sequence& seq) -> std::optional<int32_t> {
+    const std::vector<int32_t>& ref = reference.at(seq.request->request.prompt);
+    const int64_t g = seq.generated();  // the draft stands for generated token g
+    if (g >= static_cast<int64_t>(ref.size())) return std::nullopt;
+    const bool wrong = (g * 7 + static_cast<int64_t>(ref.size())) % 10 < 3;
+    return wrong ? (ref[g] + 1) % static_cast<int32_t>(MicroModel().config().vocab_size) : ref[g];
+  };
+  EngineStats stats;
+  ExpectSameTokens(RunAll(spec, requests, 0, nullptr, nullptr, nullptr, &stats), alone);
+  EXPECT_GT(stats.accepted_draft_tokens, 100);
+  EXPECT_LT(stats.accepted_draft_tokens, stats.draft_tokens);  // some were rejected
+  ExpectSameTokens(RunEachAlone(spec, requests), alone);
+  spec.num_pages = 16;
+  int64_t preemptions = 0;
+  ExpectSameTokens(RunAll(spec, requests, 0, &preemptions), alone);
+  EXPECT_GE(preemptions, 10);
+}
+
+TEST(EngineTest, MtpDraftsLeaveSeededSamplingUnchanged) {
+  const std::vector<Request> requests = SeededRequests();
+  EngineConfig plain = SmallConfig();
+  const std::vector<Result> alone = RunEachAlone(plain, requests);
+  EngineConfig spec = plain;
+  spec.num_speculative_tokens = 1;
+  EngineStats stats;
+  ExpectSameTokens(RunAll(spec, requests, 0, nullptr, nullptr, nullptr, &stats), alone);
+  EXPECT_GT(stats.draft_tokens, 0);
+  spec.num_pages = 8;
+  int64_t preemptions = 0;
+  ExpectSameTokens(RunAll(spec, requests, 0, &preemptions), alone);
+  EXPECT_GT(preemptions, 0);
+}
+
+TEST(EngineTest, SpeculativeDecodingNeedsOneDraftAndAnMtpLayer) {
+  EngineConfig config = SmallConfig();
+  config.num_speculative_tokens = 2;
+  auto core = EngineCore::Create(MicroModel(), nullptr, config);
+  ASSERT_FALSE(core.ok());
+  EXPECT_NE(core.status().message().find("num-speculative-tokens"), std::string::npos);
 }
 
 TEST(EngineTest, StopTokenIdsAndMinTokens) {

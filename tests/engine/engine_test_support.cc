@@ -45,7 +45,8 @@ Request Greedy(std::vector<int32_t> prompt, int max_tokens) {
 
 std::vector<Result> RunAll(const EngineConfig& config, const std::vector<Request>& requests,
                            int stagger, int64_t* preemptions, KvCacheStats* kv_stats,
-                           const Tokenizer* tokenizer) {
+                           const Tokenizer* tokenizer,
+                           EngineStats* engine_stats) {
   auto created = EngineCore::Create(MicroModel(), tokenizer, config);
   EXPECT_TRUE(created.ok()) << created.status();
   EngineCore& core = **created;
@@ -98,6 +99,7 @@ std::vector<Result> RunAll(const EngineConfig& config, const std::vector<Request
   }
   if (preemptions) *preemptions = core.total_preemptions();
   if (kv_stats) *kv_stats = core.kv().stats();
+  if (engine_stats) *engine_stats = core.stats();
   return results;
 }
 

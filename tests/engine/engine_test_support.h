@@ -41,7 +41,8 @@ EngineConfig SmallConfig();
 // Requests are added at once unless `stagger` > 0: then one more every `stagger` steps.
 std::vector<Result> RunAll(const EngineConfig& config, const std::vector<Request>& requests,
                            int stagger = 0, int64_t* preemptions = nullptr,
-                           KvCacheStats* kv_stats = nullptr, const Tokenizer* tokenizer = nullptr);
+                           KvCacheStats* kv_stats = nullptr, const Tokenizer* tokenizer = nullptr,
+                           EngineStats* engine_stats = nullptr);
 
 // Each request alone, in its own fresh engine.
 std::vector<Result> RunEachAlone(const EngineConfig& config, const std::vector<Request>& requests,
