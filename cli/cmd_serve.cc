@@ -104,6 +104,9 @@ absl::Status Serve(const Flags& flags) {
     s.kv_pages_used = g.kv_used_pages;
     s.kv_pages_total = g.kv_total_pages;
     s.num_preemptions = g.preemptions;
+    const engine::EngineStats stats = engine.stats();
+    s.draft_tokens = stats.draft_tokens;
+    s.accepted_draft_tokens = stats.accepted_draft_tokens;
     s.expert_tokens = load.Snapshot();
     s.expert_layers = load.layers();
     return s;

@@ -302,6 +302,11 @@ std::string ServerMetrics::Render() const {
              static_cast<double>(state.kv_pages_total));
   w.AddCounter("dserve:num_preemptions_total", "Cumulative number of preemptions from the engine.",
                state.num_preemptions);
+  w.AddCounter("dserve:spec_decode_num_draft_tokens_total",
+               "Number of MTP draft tokens checked by speculative decoding.", state.draft_tokens);
+  w.AddCounter("dserve:spec_decode_num_accepted_tokens_total",
+               "Number of MTP draft tokens accepted by speculative decoding.",
+               state.accepted_draft_tokens);
 
   w.AddCounter("dserve:prompt_tokens_total", "Number of prefill tokens processed.",
                prompt_tokens_.Value());

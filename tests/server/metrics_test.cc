@@ -221,6 +221,8 @@ TEST(ServerMetricsTest, EveryFamilyHasHelpAndType) {
       {"dserve:kv_cache_used_pages", "gauge"},
       {"dserve:kv_cache_total_pages", "gauge"},
       {"dserve:num_preemptions_total", "counter"},
+      {"dserve:spec_decode_num_draft_tokens_total", "counter"},
+      {"dserve:spec_decode_num_accepted_tokens_total", "counter"},
       {"dserve:prompt_tokens_total", "counter"},
       {"dserve:generation_tokens_total", "counter"},
       {"dserve:prefix_cache_queries_total", "counter"},
@@ -454,6 +456,8 @@ TEST(ServerMetricsTest, EngineStateComesFromTheCallbackAtScrapeTime) {
     state.kv_pages_used = 256;
     state.kv_pages_total = 1024;
     state.num_preemptions = 2;
+    state.draft_tokens = 40;
+    state.accepted_draft_tokens = 31;
     return state;
   });
   exp = Parse(metrics.Render());
@@ -464,6 +468,8 @@ TEST(ServerMetricsTest, EngineStateComesFromTheCallbackAtScrapeTime) {
   EXPECT_EQ(exp.Value("dserve:kv_cache_used_pages"), 256);
   EXPECT_EQ(exp.Value("dserve:kv_cache_total_pages"), 1024);
   EXPECT_EQ(exp.Value("dserve:num_preemptions_total"), 2);
+  EXPECT_EQ(exp.Value("dserve:spec_decode_num_draft_tokens_total"), 40);
+  EXPECT_EQ(exp.Value("dserve:spec_decode_num_accepted_tokens_total"), 31);
   exp = Parse(metrics.Render());
   EXPECT_EQ(calls, 2);
   EXPECT_EQ(exp.Value("dserve:num_requests_running"), 5);

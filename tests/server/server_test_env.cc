@@ -82,6 +82,9 @@ Env* Start() {
     s.kv_pages_used = g.kv_used_pages;
     s.kv_pages_total = g.kv_total_pages;
     s.num_preemptions = g.preemptions;
+    const engine::EngineStats stats = eng->stats();
+    s.draft_tokens = stats.draft_tokens;
+    s.accepted_draft_tokens = stats.accepted_draft_tokens;
     s.expert_tokens = load->Snapshot();
     s.expert_layers = load->layers();
     return s;
