@@ -17,24 +17,32 @@ std::string_view FinishReasonName(engine::FinishReason reason, bool tool_calls) 
   return "error";
 }
 
+namespace {
+
+// Length of the well-formed UTF-8 character at bytes[i], or 0 (overlong forms, surrogates and
+// values past U+10FFFF are not well formed).
+int CharLength(std::string_view bytes, size_t i) {
+  const auto c = static_cast<unsigned char>(bytes[i]);
+  const int len = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 0;
+  if (len <= 1) return len;
+  if (i + len > bytes.size()) return 0;
+  uint32_t cp = c & (0xFF >> (len + 1));
+  for (int k = 1; k < len; ++k) {
+    const auto b = static_cast<unsigned char>(bytes[i + k]);
+    if ((b & 0xC0) != 0x80) return 0;
+    cp = (cp << 6) | (b & 0x3F);
+  }
+  static constexpr uint32_t kMin[] = {0, 0, 0x80, 0x800, 0x10000};
+  return cp >= kMin[len] && cp <= 0x10FFFF && !(cp >= 0xD800 && cp <= 0xDFFF) ? len : 0;
+}
+
+}  // namespace
+
 std::string TokenText(std::string_view bytes) {
   std::string out;
   out.reserve(bytes.size());
-  size_t i = 0;
-  while (i < bytes.size()) {
-    const auto c = static_cast<unsigned char>(bytes[i]);
-    int len = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 0;
-    bool ok = len > 0 && i + len <= bytes.size();
-    for (int k = 1; ok && k < len; ++k) {
-      ok = (static_cast<unsigned char>(bytes[i + k]) & 0xC0) == 0x80;
-    }
-    if (ok && len > 1) {  // reject overlong forms, surrogates and values past U+10FFFF
-      uint32_t cp = c & (0xFF >> (len + 1));
-      for (int k = 1; k < len; ++k) cp = (cp << 6) | (static_cast<unsigned char>(bytes[i + k]) & 0x3F);
-      static constexpr uint32_t kMin[] = {0, 0, 0x80, 0x800, 0x10000};
-      ok = cp >= kMin[len] && cp <= 0x10FFFF && !(cp >= 0xD800 && cp <= 0xDFFF);
-    }
-    if (ok) {
+  for (size_t i = 0; i < bytes.size();) {
+    if (const int len = CharLength(bytes, i)) {
       out.append(bytes.substr(i, len));
       i += len;
     } else {
@@ -43,6 +51,15 @@ std::string TokenText(std::string_view bytes) {
     }
   }
   return out;
+}
+
+bool IsValidUtf8(std::string_view bytes) {
+  for (size_t i = 0; i < bytes.size();) {
+    const int len = CharLength(bytes, i);
+    if (len == 0) return false;
+    i += len;
+  }
+  return true;
 }
 
 ChoiceTranslator::ChoiceTranslator(int index, Options options, const engine::Tokenizer* tokenizer)
@@ -93,19 +110,17 @@ ChoiceDelta ChoiceTranslator::Translate(const engine::RequestOutput& out) {
   }
   if (options_.logprobs && tokenizer_) {
     for (const engine::SampledToken& s : out.logprobs) {
+      auto entry = [&](int32_t id, float logprob) {
+        TopLogprob e;
+        e.id = id;
+        e.bytes = std::string(tokenizer_->TokenBytes(id));
+        e.token = TokenText(e.bytes);
+        e.logprob = logprob;
+        return e;
+      };
       TokenLogprob lp;
-      lp.id = s.token;
-      lp.bytes = std::string(tokenizer_->TokenBytes(s.token));
-      lp.token = TokenText(lp.bytes);
-      lp.logprob = s.logprob;
-      for (const engine::TokenLogprob& t : s.top) {
-        TopLogprob top;
-        top.id = t.token;
-        top.bytes = std::string(tokenizer_->TokenBytes(t.token));
-        top.token = TokenText(top.bytes);
-        top.logprob = t.logprob;
-        lp.top.push_back(std::move(top));
-      }
+      static_cast<TopLogprob&>(lp) = entry(s.token, s.logprob);
+      for (const engine::TokenLogprob& t : s.top) lp.top.push_back(entry(t.token, t.logprob));
       d.logprobs.push_back(std::move(lp));
     }
   }

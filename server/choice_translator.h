@@ -21,11 +21,7 @@ struct TopLogprob {
   float logprob = 0;
 };
 
-struct TokenLogprob {
-  int32_t id = 0;
-  std::string token;
-  std::string bytes;
-  float logprob = 0;
+struct TokenLogprob : TopLogprob {
   std::vector<TopLogprob> top;
 };
 
@@ -75,5 +71,7 @@ std::string_view FinishReasonName(engine::FinishReason reason, bool tool_calls);
 // Token text for logprobs: the bytes if they are valid UTF-8, else with U+FFFD for each
 // invalid sequence (a byte-level BPE token may hold part of a character).
 std::string TokenText(std::string_view bytes);
+// Whether TokenText(bytes) would return bytes unchanged (one pass, no allocation).
+bool IsValidUtf8(std::string_view bytes);
 
 }  // namespace dserve::server

@@ -174,16 +174,12 @@ void AppendJsonString(std::string& out, std::string_view s) {
   out += '"';
 }
 
-bool ValidUtf8(std::string_view s) {
-  return TokenText(s).size() == s.size() && TokenText(s) == s;
-}
-
 }  // namespace
 
 std::optional<std::string> FastDeltaChunk(const ResponseHeader& h, const ChoiceDelta& d,
                                           bool include_usage) {
   if (!d.logprobs.empty() || !d.tool_calls.empty()) return std::nullopt;
-  if (!ValidUtf8(d.content) || !ValidUtf8(d.reasoning)) return std::nullopt;  // dump() repairs
+  if (!IsValidUtf8(d.content) || !IsValidUtf8(d.reasoning)) return std::nullopt;  // dump() repairs
   // Keys in nlohmann's (sorted) order, so the bytes match DeltaChunk(...).dump().
   std::string out = "{\"choices\":[{";
   if (h.chat) {

@@ -175,6 +175,10 @@ TEST(ChoiceTranslatorTest, TokenTextReplacesInvalidUtf8) {
   EXPECT_EQ(TokenText("\xF4\x90\x80\x80").substr(0, 3), "\xEF\xBF\xBD");  // past U+10FFFF
   // Whatever comes out is valid JSON text.
   EXPECT_NO_THROW(json(TokenText("\xFF\xFE")).dump());
+  for (std::string_view s : {"abc", "\xE4\xBD\xA0", "\xF0\x9F\x98\x80", "\xE4\xBD", "\xC0\xAF",
+                             "\xED\xA0\x80", "\xF4\x90\x80\x80", "a\xFF" "b", ""}) {
+    EXPECT_EQ(IsValidUtf8(s), TokenText(s) == s) << json(TokenText(s)).dump();
+  }
 }
 
 TEST(ChoiceTranslatorTest, FastChunksAreByteForByteTheJsonOnes) {
