@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <numeric>
 #include <random>
 
 #include "absl/strings/str_cat.h"
@@ -52,9 +53,10 @@ absl::StatusOr<std::unique_ptr<EngineCore>> EngineCore::Create(models::DeepseekM
     if (!(config.kv_cache_gb > 0)) return absl::InvalidArgumentError("--kv-cache-gb must be > 0");
     pages = static_cast<int64_t>(config.kv_cache_gb * (1ull << 30) / shape.page_bytes());
   }
-  if (config.num_speculative_tokens < 0 || config.num_speculative_tokens > 1) {
+  if (config.num_speculative_tokens < 0 ||
+      config.num_speculative_tokens > kMaxSpeculativeTokens) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "--num-speculative-tokens must be 0 or 1 (one MTP draft per step), got ",
+        "--num-speculative-tokens must be 0 (off) to ", kMaxSpeculativeTokens, ", got ",
         config.num_speculative_tokens));
   }
   if (config.num_speculative_tokens > 0 && !model.has_mtp()) {
@@ -307,6 +309,7 @@ absl::Status EngineCore::Step(std::vector<RequestOutput>* outputs) {
   std::vector<int64_t> valid_rows(work.work.size());
   for (size_t w = 0; w < work.work.size(); ++w) valid_rows[w] = work.work[w].num_tokens;
   std::vector<int64_t> finished;
+  bool verified = false;  // this step checked drafts
   for (int64_t i = 0; i < n; ++i) {
     Sequence& seq = *work.work[run.items[i]].seq;
     const std::vector<SampledToken>& tokens = sampled[i];
@@ -315,8 +318,12 @@ absl::Status EngineCore::Step(std::vector<RequestOutput>* outputs) {
       // drafts out and accept every token the regular way (stop conditions included).
       const int64_t accepted = static_cast<int64_t>(tokens.size()) - 1;
       const int64_t rejected = seq.num_drafts - accepted;
+      ++stats_.verifications;
       stats_.draft_tokens += seq.num_drafts;
       stats_.accepted_draft_tokens += accepted;
+      for (int64_t j = 0; j < seq.num_drafts; ++j) ++stats_.drafts_at[j];
+      for (int64_t j = 0; j < accepted; ++j) ++stats_.accepted_at[j];
+      verified = true;
       seq.DropDrafts(rejected);
       seq.num_computed -= rejected;
       valid_rows[run.items[i]] -= rejected;
@@ -348,6 +355,7 @@ absl::Status EngineCore::Step(std::vector<RequestOutput>* outputs) {
   ++stats_.steps;
   stats_.tokens += work.num_tokens;
   stats_.forward_seconds += Seconds(t1, t2);
+  if (verified) stats_.verify_forward_seconds += Seconds(t1, t2);
   stats_.sample_seconds += Seconds(t2, sampled_at);
   stats_.mtp_seconds += Seconds(sampled_at, t3);
   stats_.step_seconds += Seconds(t0, t3);
@@ -425,17 +433,75 @@ absl::Status EngineCore::Draft(const SchedulerOutput& work, const std::vector<in
   in.batch = std::move(batch);
   in.logit_rows = logit_rows;
   in.mla_mode = config_.mla_mode;
+  Tensor mtp_hidden;
+  const bool chain = config_.num_speculative_tokens > 1 && !drafting.empty();
+  if (chain) in.hidden_out = &mtp_hidden;
   DSERVE_RETURN_IF_ERROR(model_.ForwardMtp(in, cache_, &mtp_logits_));
-  for (size_t i = 0; i < drafting.size(); ++i) {
-    const std::span<const float> row(mtp_logits_.data() + i * c.vocab_size, c.vocab_size);
-    int32_t draft = models::ArgMax(row);
-    if (config_.draft_override_for_testing) {
-      if (auto forced = config_.draft_override_for_testing(*drafting[i])) draft = *forced;
+  AppendDrafts(drafting);
+  if (!chain) return absl::OkStatus();
+  // Further drafts: the MTP module again, fed its own output and its last draft, one position
+  // on. Its cache entries there are provisional: the pass after verification rewrites them.
+  Tensor prev = GatherRows(mtp_hidden, logit_rows);
+  for (int depth = 2; depth <= config_.num_speculative_tokens && !drafting.empty(); ++depth) {
+    std::vector<Sequence*> next;
+    std::vector<int32_t> tokens, pos, gather;
+    kernels::AttentionBatch b;
+    for (size_t i = 0; i < drafting.size(); ++i) {
+      Sequence& seq = *drafting[i];
+      // Room for 1 + depth more tokens, and a page for the MTP entry at `q`.
+      const int64_t q = seq.num_computed + depth - 2;
+      if (seq.generated() + depth >= seq.params().max_tokens ||
+          !kv_->Reserve(seq.id, seq.num_computed, q + 1)) {
+        continue;
+      }
+      AppendSlices(seq, kv_->BlockTable(seq.id), q, q + 1, static_cast<int64_t>(tokens.size()),
+                   &b);
+      tokens.push_back(seq.tokens.back());
+      pos.push_back(static_cast<int32_t>(q));
+      gather.push_back(static_cast<int32_t>(i));
+      next.push_back(&seq);
     }
-    drafting[i]->tokens.push_back(draft);
-    drafting[i]->num_drafts = 1;
+    if (next.empty()) break;
+    const Tensor h = GatherRows(prev, gather);
+    std::vector<int32_t> all_rows(tokens.size());
+    std::iota(all_rows.begin(), all_rows.end(), 0);
+    b.positions = pos;
+    models::MtpInput m;
+    m.next_tokens = tokens;
+    m.hidden = &h;
+    m.batch = std::move(b);
+    m.logit_rows = all_rows;
+    m.mla_mode = config_.mla_mode;
+    m.hidden_out = &mtp_hidden;
+    DSERVE_RETURN_IF_ERROR(model_.ForwardMtp(m, cache_, &mtp_logits_));
+    AppendDrafts(next);
+    prev = std::move(mtp_hidden);
+    drafting = std::move(next);
   }
   return absl::OkStatus();
+}
+
+void EngineCore::AppendDrafts(const std::vector<Sequence*>& seqs) {
+  const int64_t vocab = model_.config().vocab_size;
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    const std::span<const float> row(mtp_logits_.data() + i * vocab, vocab);
+    int32_t draft = models::ArgMax(row);
+    if (config_.draft_override_for_testing) {
+      if (auto forced = config_.draft_override_for_testing(*seqs[i])) draft = *forced;
+    }
+    seqs[i]->tokens.push_back(draft);
+    ++seqs[i]->num_drafts;
+  }
+}
+
+Tensor EngineCore::GatherRows(const Tensor& t, std::span<const int32_t> rows) {
+  const int64_t width = t.dim(1);
+  Tensor out = Tensor::Zeros(DType::kF32, {static_cast<int64_t>(rows.size()), width});
+  for (size_t i = 0; i < rows.size(); ++i) {
+    std::memcpy(out.data<float>() + static_cast<int64_t>(i) * width,
+                t.data<float>() + rows[i] * width, static_cast<size_t>(width) * sizeof(float));
+  }
+  return out;
 }
 
 }  // namespace dserve::engine

@@ -4,6 +4,7 @@
 // from its own thread; tests and the offline benchmark may call it directly.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <functional>
 #include <optional>
@@ -25,6 +26,10 @@
 
 namespace dserve::engine {
 
+// Drafts per step: a verification step then checks up to 1 + 4 tokens per sequence (FlashMLA's
+// decode kernel takes query lengths up to 4 for the same reason).
+inline constexpr int kMaxSpeculativeTokens = 4;
+
 struct EngineConfig {
   SchedulerConfig scheduler;
   int64_t page_size = 64;      // tokens per KV page (FlashMLA's size)
@@ -35,8 +40,9 @@ struct EngineConfig {
   kernels::MlaMode mla_mode = kernels::MlaMode::kAuto;
   int sampler_threads = 1;     // threads sampling the sequences of a step
   // MTP speculative decoding: drafts per decoding sequence and step (0: off; the model needs
-  // its MTP layer). The output is unchanged: every position is still sampled from the main
-  // model's logits and a draft only saves the step that would have produced it.
+  // its MTP layer; K > 1 applies the one MTP module again on its own output). The output is
+  // unchanged: every position is still sampled from the main model's logits and a draft only
+  // saves the step that would have produced it.
   int num_speculative_tokens = 0;
   // Tests only: replaces the MTP head's draft for a sequence when it returns a token (the MTP
   // head still runs). Random-weight test models never draft right; this exercises the paths
@@ -49,9 +55,13 @@ struct EngineStats {
   int64_t tokens = 0;  // rows run through the model
   double schedule_seconds = 0, forward_seconds = 0, sample_seconds = 0, step_seconds = 0;
   int64_t peak_used_pages = 0;
-  // Speculative decoding: drafts checked, drafts accepted, and the MTP head's time.
+  // Speculative decoding: verifications (a sequence's drafts checked in one step), drafts
+  // checked and accepted, both also by draft position (index 0: the first draft); the MTP
+  // module's time (drafting) and the forward time of the steps that checked drafts.
+  int64_t verifications = 0;
   int64_t draft_tokens = 0, accepted_draft_tokens = 0;
-  double mtp_seconds = 0;
+  std::array<int64_t, kMaxSpeculativeTokens> drafts_at{}, accepted_at{};
+  double mtp_seconds = 0, verify_forward_seconds = 0;
 };
 
 class EngineCore {
@@ -101,6 +111,9 @@ class EngineCore {
   // sequence gets its next draft from its last row.
   absl::Status Draft(const SchedulerOutput& work, const std::vector<int64_t>& valid_rows);
   void DropAllDrafts();
+  // Appends the argmax of mtp_logits_ row i as the next draft of seqs[i].
+  void AppendDrafts(const std::vector<Sequence*>& seqs);
+  static Tensor GatherRows(const Tensor& t, std::span<const int32_t> rows);
   // Appends a sampled token, decides whether the sequence ends, and reports it.
   void Accept(Sequence& seq, const SampledToken& sampled, std::vector<RequestOutput>* outputs);
   // Releases a finished sequence; returns the output's request-level fields.

@@ -280,6 +280,7 @@ absl::Status DeepseekModel::ForwardMtp(const MtpInput& in, LatentCache& cache,
   Block(m.block, c.num_hidden_layers, mtp_cache_layer(), step, x);
   ops_.RmsNorm(x, m.head_norm, eps, x);
   Logits(m.head, x, in.logit_rows, logits);
+  if (in.hidden_out) *in.hidden_out = std::move(x);
   return absl::OkStatus();
 }
 

@@ -52,6 +52,9 @@ struct MtpInput {
   std::span<const int32_t> logit_rows;
   kernels::MlaMode mla_mode = kernels::MlaMode::kAuto;
   TraceFn trace;
+  // Optional: receives the MTP block's output after shared_head.norm [T, hidden], the hidden
+  // state a further draft feeds back in (SGLang's and TensorRT-LLM's chained MTP drafts).
+  Tensor* hidden_out = nullptr;
 };
 
 class DeepseekModel {

@@ -254,15 +254,22 @@ TEST(EngineTest, SeededSamplingDoesNotDependOnTheBatch) {
   EXPECT_GT(stats.cow_copies, 0);
 }
 
+// MTP speculative decoding with K = 1, 2, 3 drafts per step.
+class SpeculativeTest : public ::testing::TestWithParam<int> {};
+INSTANTIATE_TEST_SUITE_P(Drafts, SpeculativeTest, ::testing::Values(1, 2, 3),
+                         [](const ::testing::TestParamInfo<int>& info) {
+                           return "K" + std::to_string(info.param);
+                         });
+
 // MTP speculative decoding changes nothing but speed: every position is still sampled from
 // the main model's logits (bit-identical however many rows a sequence runs at once) and a draft
 // only stands in for the step that would have produced the same token.
-TEST(EngineTest, MtpDraftsLeaveGreedyOutputUnchanged) {
+TEST_P(SpeculativeTest, MtpDraftsLeaveGreedyOutputUnchanged) {
   const std::vector<Request> requests = MixedGreedyRequests(5);
   EngineConfig plain = SmallConfig();
   const std::vector<Result> alone = RunEachAlone(plain, requests);
   EngineConfig spec = plain;
-  spec.num_speculative_tokens = 1;
+  spec.num_speculative_tokens = GetParam();
   // One at a time (concurrency 1), all at once (chunked prefill), arriving one by one, and
   // under a budget that forces preemption, with and without prefix caching.
   ExpectSameTokens(RunEachAlone(spec, requests), alone);
@@ -282,7 +289,7 @@ TEST(EngineTest, MtpDraftsLeaveGreedyOutputUnchanged) {
 
 // Drafts that are mostly right (taken from a run without drafts) and sometimes wrong: accepted
 // runs, rejections, and stops that fall on an accepted draft must all give the same output.
-TEST(EngineTest, AcceptedAndRejectedDraftsLeaveOutputUnchanged) {
+TEST_P(SpeculativeTest, AcceptedAndRejectedDraftsLeaveOutputUnchanged) {
   std::vector<Request> requests = MixedGreedyRequests(6);
   for (size_t i = 0; i < requests.size(); i += 4) requests[i].params.max_tokens = 20;
   for (size_t i = 1; i < requests.size(); i += 4) {
@@ -295,10 +302,11 @@ TEST(EngineTest, AcceptedAndRejectedDraftsLeaveOutputUnchanged) {
     reference[requests[i].prompt] = alone[i].tokens.at(0);
   }
   EngineConfig spec = plain;
-  spec.num_speculative_tokens = 1;
+  spec.num_speculative_tokens = GetParam();
   spec.draft_override_for_testing = [&](const Sequence& seq) -> std::optional<int32_t> {
     const std::vector<int32_t>& ref = reference.at(seq.request->request.prompt);
-    const int64_t g = seq.generated();  // the draft stands for generated token g
+    // The draft stands for generated token g (after the drafts the sequence holds already).
+    const int64_t g = seq.generated() + seq.num_drafts;
     if (g >= static_cast<int64_t>(ref.size())) return std::nullopt;
     const bool wrong = (g * 7 + static_cast<int64_t>(ref.size())) % 10 < 3;
     return wrong ? (ref[g] + 1) % static_cast<int32_t>(MicroModel().config().vocab_size) : ref[g];
@@ -307,6 +315,18 @@ TEST(EngineTest, AcceptedAndRejectedDraftsLeaveOutputUnchanged) {
   ExpectSameTokens(RunAll(spec, requests, 0, nullptr, nullptr, nullptr, &stats), alone);
   EXPECT_GT(stats.accepted_draft_tokens, 100);
   EXPECT_LT(stats.accepted_draft_tokens, stats.draft_tokens);  // some were rejected
+  // Every draft position saw drafts, accepted and rejected ones.
+  for (int j = 0; j < GetParam(); ++j) {
+    EXPECT_GT(stats.accepted_at[j], 0) << "position " << j;
+    EXPECT_LT(stats.accepted_at[j], stats.drafts_at[j]) << "position " << j;
+  }
+  int64_t drafts = 0, accepted = 0;
+  for (int j = 0; j < kMaxSpeculativeTokens; ++j) {
+    drafts += stats.drafts_at[j];
+    accepted += stats.accepted_at[j];
+  }
+  EXPECT_EQ(drafts, stats.draft_tokens);
+  EXPECT_EQ(accepted, stats.accepted_draft_tokens);
   ExpectSameTokens(RunEachAlone(spec, requests), alone);
   spec.num_pages = 16;
   int64_t preemptions = 0;
@@ -314,12 +334,12 @@ TEST(EngineTest, AcceptedAndRejectedDraftsLeaveOutputUnchanged) {
   EXPECT_GE(preemptions, 10);
 }
 
-TEST(EngineTest, MtpDraftsLeaveSeededSamplingUnchanged) {
+TEST_P(SpeculativeTest, MtpDraftsLeaveSeededSamplingUnchanged) {
   const std::vector<Request> requests = SeededRequests();
   EngineConfig plain = SmallConfig();
   const std::vector<Result> alone = RunEachAlone(plain, requests);
   EngineConfig spec = plain;
-  spec.num_speculative_tokens = 1;
+  spec.num_speculative_tokens = GetParam();
   EngineStats stats;
   ExpectSameTokens(RunAll(spec, requests, 0, nullptr, nullptr, nullptr, &stats), alone);
   EXPECT_GT(stats.draft_tokens, 0);
@@ -329,12 +349,16 @@ TEST(EngineTest, MtpDraftsLeaveSeededSamplingUnchanged) {
   EXPECT_GT(preemptions, 0);
 }
 
-TEST(EngineTest, SpeculativeDecodingNeedsOneDraftAndAnMtpLayer) {
+TEST(EngineTest, SpeculativeDecodingTakesOneToFourDrafts) {
   EngineConfig config = SmallConfig();
-  config.num_speculative_tokens = 2;
-  auto core = EngineCore::Create(MicroModel(), nullptr, config);
-  ASSERT_FALSE(core.ok());
-  EXPECT_NE(core.status().message().find("num-speculative-tokens"), std::string::npos);
+  for (int k : {-1, kMaxSpeculativeTokens + 1}) {
+    config.num_speculative_tokens = k;
+    auto core = EngineCore::Create(MicroModel(), nullptr, config);
+    ASSERT_FALSE(core.ok());
+    EXPECT_NE(core.status().message().find("num-speculative-tokens"), std::string::npos);
+  }
+  config.num_speculative_tokens = kMaxSpeculativeTokens;
+  EXPECT_TRUE(EngineCore::Create(MicroModel(), nullptr, config).ok());
 }
 
 TEST(EngineTest, StopTokenIdsAndMinTokens) {
