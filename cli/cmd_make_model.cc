@@ -15,7 +15,12 @@ int RunMakeModel(const Args& args) {
     absl::StrAppend(&presets, "\n      ", p.name, ": ", p.description);
   }
   const std::vector<FlagSpec> specs = {
-      {"preset", absl::StrCat("which model:", presets), "", false, true},
+      {"preset", absl::StrCat("which model:", presets), ""},
+      {"config", "a config.json to write instead of a preset's (with --weights: a trained model)",
+       ""},
+      {"weights", "F32 .safetensors with every weight by name (models/training/ writes one); "
+                  "written through the same FP8/BF16 conversion instead of random values",
+       ""},
       {"seed", "random seed (same seed, same bytes)", "0"},
       {"out", "output folder", "", false, true},
       {"tokenizer-dir", "folder with tokenizer.json and tokenizer_config.json",
@@ -24,7 +29,7 @@ int RunMakeModel(const Args& args) {
   };
   Flags flags;
   int code;
-  if (!ParseOrExit("make-model", "Write a DeepSeek-architecture checkpoint with random weights.",
+  if (!ParseOrExit("make-model", "Write a DeepSeek-architecture checkpoint with random (or given) weights.",
                    specs, args, &flags, &code)) {
     return code;
   }
@@ -34,13 +39,22 @@ int RunMakeModel(const Args& args) {
   if (!shard_mb.ok()) return ReportError("make-model", shard_mb.status());
   models::GenerateOptions o;
   o.preset = flags.Get("preset");
+  o.config_path = flags.Get("config");
+  o.weights_path = flags.Get("weights");
   o.seed = static_cast<uint64_t>(*seed);
   o.out_dir = flags.Get("out");
   o.tokenizer_dir = flags.Get("tokenizer-dir");
   o.max_shard_bytes = *shard_mb << 20;
   if (absl::Status s = models::GenerateModel(o); !s.ok()) return ReportError("make-model", s);
-  std::printf("wrote %s (seed %llu) to %s\n", o.preset.c_str(),
-              static_cast<unsigned long long>(o.seed), o.out_dir.c_str());
+  if (!o.weights_path.empty()) {
+    std::printf("wrote %s with the weights of %s to %s\n",
+                (o.preset.empty() ? o.config_path : o.preset).c_str(), o.weights_path.c_str(),
+                o.out_dir.c_str());
+  } else {
+    std::printf("wrote %s (seed %llu) to %s\n",
+                (o.preset.empty() ? o.config_path : o.preset).c_str(),
+                static_cast<unsigned long long>(o.seed), o.out_dir.c_str());
+  }
   return 0;
 }
 

@@ -1,6 +1,7 @@
 #include "cli/engine_bench.h"
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
@@ -12,7 +13,9 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "cli/bench_prompts.h"
 #include "cli/engine_flags.h"
 #include "cli/percentiles.h"
 #include "core/progress.h"
@@ -34,6 +37,7 @@ struct Timeline {
 struct Setting {
   int64_t concurrency = 16;
   double share = 0;
+  int speculative = 0;  // MTP drafts per step (0: off)
 };
 
 struct Figures {
@@ -41,35 +45,38 @@ struct Figures {
   Percentiles ttft, itl;
   int64_t peak_pages = 0, steps = 0, tokens = 0, preemptions = 0;
   double sched_share = 0, sample_share = 0, forward_share = 0;
-  int64_t drafts = 0, accepted_drafts = 0;  // speculative decoding
-  double mtp_share = 0;
+  // Speculative decoding: verifications, drafts checked / accepted (also by position).
+  int64_t verifications = 0, drafts = 0, accepted_drafts = 0;
+  std::array<double, engine::kMaxSpeculativeTokens> drafts_at{}, accepted_at{};
+  double mtp_share = 0, verify_share = 0;
+  int64_t generated = 0;
 };
 
 struct Workload {
   int64_t num_prompts, input_len, output_len;
+  std::vector<std::vector<int32_t>> file_prompts;  // --prompts-file (empty: random prompts)
 };
 
 // Runs the workload once in a fresh engine (empty prefix cache).
-absl::StatusOr<Figures> RunOnce(ModelSession& session, const engine::EngineConfig& config,
+absl::StatusOr<Figures> RunOnce(ModelSession& session, const engine::EngineConfig& base_config,
                                 const Workload& w, const Setting& setting, bool show_progress,
                                 int64_t* num_pages, int64_t* page_size) {
   const models::ModelConfig& mc = session.model->config();
-  // Prompts: random ids past the special tokens; the first share * input_len are the same
-  // in every prompt (a shared system prompt), the rest differ.
-  std::mt19937 rng(1234);
-  std::uniform_int_distribution<int32_t> id(100, static_cast<int32_t>(mc.vocab_size - 1));
-  const int64_t shared = static_cast<int64_t>(setting.share * w.input_len + 0.5);
-  std::vector<int32_t> common(shared);
-  for (int32_t& t : common) t = id(rng);
+  const std::vector<std::vector<int32_t>> prompts =
+      w.file_prompts.empty()
+          ? RandomPrompts(w.num_prompts, w.input_len, setting.share, mc.vocab_size)
+          : w.file_prompts;
   std::vector<engine::Request> requests(w.num_prompts);
-  for (engine::Request& r : requests) {
-    r.prompt = common;
-    while (static_cast<int64_t>(r.prompt.size()) < w.input_len) r.prompt.push_back(id(rng));
+  for (size_t i = 0; i < requests.size(); ++i) {
+    engine::Request& r = requests[i];
+    r.prompt = prompts[i % prompts.size()];
     r.params.temperature = 0.0f;
     r.params.max_tokens = static_cast<int>(w.output_len);
     r.params.ignore_eos = true;
     r.detokenize = false;
   }
+  engine::EngineConfig config = base_config;
+  config.num_speculative_tokens = setting.speculative;
 
   DSERVE_ASSIGN_OR_RETURN(std::unique_ptr<engine::EngineCore> core,
                           engine::EngineCore::Create(*session.model, nullptr, config));
@@ -134,8 +141,15 @@ absl::StatusOr<Figures> RunOnce(ModelSession& session, const engine::EngineConfi
   f.sample_share = step_s > 0 ? (after.sample_seconds - before.sample_seconds) / step_s : 0;
   f.forward_share = step_s > 0 ? (after.forward_seconds - before.forward_seconds) / step_s : 0;
   f.mtp_share = step_s > 0 ? (after.mtp_seconds - before.mtp_seconds) / step_s : 0;
+  f.verify_share =
+      step_s > 0 ? (after.verify_forward_seconds - before.verify_forward_seconds) / step_s : 0;
+  f.verifications = after.verifications - before.verifications;
   f.drafts = after.draft_tokens - before.draft_tokens;
   f.accepted_drafts = after.accepted_draft_tokens - before.accepted_draft_tokens;
+  for (int j = 0; j < engine::kMaxSpeculativeTokens; ++j) {
+    f.drafts_at[j] = static_cast<double>(after.drafts_at[j] - before.drafts_at[j]);
+    f.accepted_at[j] = static_cast<double>(after.accepted_at[j] - before.accepted_at[j]);
+  }
   f.peak_pages = after.peak_used_pages;
   f.preemptions = eng.total_preemptions();
   int64_t prompt_tokens = 0, generated = 0, cached = 0;
@@ -155,6 +169,7 @@ absl::StatusOr<Figures> RunOnce(ModelSession& session, const engine::EngineConfi
   f.itl = Summarise(itl);
   f.prompt_tps = prompt_tokens / f.wall;
   f.gen_tps = generated / f.wall;
+  f.generated = generated;
   f.hit_rate = prompt_tokens ? static_cast<double>(cached) / prompt_tokens : 0.0;
   return f;
 }
@@ -208,9 +223,30 @@ Figures Medians(const std::vector<Figures>& runs) {
   m.sample_share = med([](const Figures& f) { return f.sample_share; });
   m.forward_share = med([](const Figures& f) { return f.forward_share; });
   m.mtp_share = med([](const Figures& f) { return f.mtp_share; });
+  m.verify_share = med([](const Figures& f) { return f.verify_share; });
+  m.generated = static_cast<int64_t>(med([](const Figures& f) { return f.generated; }));
+  m.verifications = static_cast<int64_t>(med([](const Figures& f) { return f.verifications; }));
+  for (int j = 0; j < engine::kMaxSpeculativeTokens; ++j) {
+    m.drafts_at[j] = med([j](const Figures& f) { return f.drafts_at[j]; });
+    m.accepted_at[j] = med([j](const Figures& f) { return f.accepted_at[j]; });
+  }
   m.drafts = static_cast<int64_t>(med([](const Figures& f) { return f.drafts; }));
   m.accepted_drafts = static_cast<int64_t>(med([](const Figures& f) { return f.accepted_drafts; }));
   return m;
+}
+
+// Per draft position: the share of drafts at that position that were accepted.
+std::vector<double> AcceptanceByPosition(const Figures& f, int positions) {
+  std::vector<double> out;
+  for (int j = 0; j < positions; ++j) {
+    out.push_back(f.drafts_at[j] > 0 ? f.accepted_at[j] / f.drafts_at[j] : 0.0);
+  }
+  return out;
+}
+
+// Tokens a verification step yields per sequence: the sampled one plus the accepted drafts.
+double MeanAcceptedLength(const Figures& f) {
+  return f.verifications ? 1.0 + static_cast<double>(f.accepted_drafts) / f.verifications : 0.0;
 }
 
 nlohmann::ordered_json ToJson(const Workload& w, const Setting& s, const Figures& f,
@@ -236,21 +272,31 @@ nlohmann::ordered_json ToJson(const Workload& w, const Setting& s, const Figures
       {"scheduler_share", f.sched_share},
       {"sampler_share", f.sample_share},
       {"preemptions", f.preemptions},
+      {"num_speculative_tokens", s.speculative},
+      {"verifications", f.verifications},
       {"draft_tokens", f.drafts},
       {"accepted_draft_tokens", f.accepted_drafts},
       {"draft_acceptance_rate", f.drafts ? static_cast<double>(f.accepted_drafts) / f.drafts : 0.0},
+      {"acceptance_by_position", AcceptanceByPosition(f, s.speculative)},
+      {"mean_accepted_length", MeanAcceptedLength(f)},
+      {"generated_tokens_per_step", f.steps ? static_cast<double>(f.generated) / f.steps : 0.0},
       {"mtp_share", f.mtp_share},
+      {"verify_forward_share", f.verify_share},
   };
 }
 
 void Print(const Workload& w, const Setting& s, const Figures& f, int threads, int64_t runs,
            int64_t num_pages, int64_t page_size) {
   const int64_t shared = static_cast<int64_t>(s.share * w.input_len + 0.5);
-  std::printf("requests         %lld (prompt %lld tokens, %lld shared; output %lld), "
-              "concurrency %lld, %d threads%s\n",
-              static_cast<long long>(w.num_prompts), static_cast<long long>(w.input_len),
-              static_cast<long long>(shared), static_cast<long long>(w.output_len),
-              static_cast<long long>(s.concurrency), threads,
+  const std::string prompts =
+      w.file_prompts.empty()
+          ? absl::StrCat("prompt ", w.input_len, " tokens, ", shared, " shared")
+          : absl::StrCat(w.file_prompts.size(), " prompts from --prompts-file");
+  std::printf("requests         %lld (%s; output %lld), concurrency %lld, %d threads%s%s\n",
+              static_cast<long long>(w.num_prompts), prompts.c_str(),
+              static_cast<long long>(w.output_len), static_cast<long long>(s.concurrency),
+              threads,
+              s.speculative ? absl::StrCat(", MTP drafts ", s.speculative).c_str() : "",
               runs > 1 ? absl::StrCat(", medians of ", runs, " runs").c_str() : "");
   std::printf("wall             %.2f s\n", f.wall);
   std::printf("throughput       prompt %.0f tokens/s, generated %.1f tokens/s\n", f.prompt_tps,
@@ -270,10 +316,20 @@ void Print(const Workload& w, const Setting& s, const Figures& f, int threads, i
   std::printf("step time        scheduler %.2f%%, forward %.1f%%, sampling %.1f%%\n",
               100.0 * f.sched_share, 100.0 * f.forward_share, 100.0 * f.sample_share);
   if (f.drafts > 0) {
-    std::printf("speculative      %lld of %lld MTP drafts accepted (%.1f%%), MTP head %.1f%% of "
-                "step time\n",
+    std::string by_position;
+    for (double a : AcceptanceByPosition(f, s.speculative)) {
+      absl::StrAppend(&by_position, by_position.empty() ? "" : ", ",
+                      absl::StrFormat("%.1f%%", 100.0 * a));
+    }
+    std::printf("speculative      %lld of %lld MTP drafts accepted (%.1f%%; by position %s); "
+                "mean accepted length %.2f tokens per verification, %.2f generated tokens per "
+                "step\n",
                 static_cast<long long>(f.accepted_drafts), static_cast<long long>(f.drafts),
-                100.0 * f.accepted_drafts / f.drafts, 100.0 * f.mtp_share);
+                100.0 * f.accepted_drafts / f.drafts, by_position.c_str(), MeanAcceptedLength(f),
+                f.steps ? static_cast<double>(f.generated) / f.steps : 0.0);
+    std::printf("spec time        drafting (MTP module) %.1f%% of step time, forward of verifying "
+                "steps %.1f%%\n",
+                100.0 * f.mtp_share, 100.0 * f.verify_share);
   }
 }
 
@@ -291,16 +347,31 @@ std::vector<FlagSpec> EngineBenchFlags() {
                    "engine benchmark: fraction of each prompt shared by all; a list (0,0.5) "
                    "runs each",
                    "0"});
+  specs.push_back({"prompts-file",
+                   "engine benchmark: prompts from this file instead of random ids, one per line "
+                   "(a JSON string, or plain text); request i gets prompt i mod count",
+                   ""});
   specs.push_back({"json", "engine benchmark: print the figures as JSON", "", true});
   return specs;
 }
 
 absl::Status RunEngineBench(const Flags& flags, ModelSession& session) {
-  DSERVE_ASSIGN_OR_RETURN(engine::EngineConfig config, ParseEngineConfig(flags, session));
+  DSERVE_ASSIGN_OR_RETURN(const std::vector<int> speculative, ParseSpeculativeTokens(flags));
+  // The engine flags but one draft count; each setting sets its own.
+  engine::EngineConfig config;
+  {
+    Flags single = flags;
+    if (flags.Has("num-speculative-tokens")) single.Set("num-speculative-tokens", "0");
+    DSERVE_ASSIGN_OR_RETURN(config, ParseEngineConfig(single, session));
+  }
   Workload w;
   DSERVE_ASSIGN_OR_RETURN(w.num_prompts, flags.GetInt("num-prompts", 1, 1 << 20));
   DSERVE_ASSIGN_OR_RETURN(w.input_len, flags.GetInt("input-len", 1, 1 << 20));
   DSERVE_ASSIGN_OR_RETURN(w.output_len, flags.GetInt("output-len", 1, 1 << 20));
+  if (flags.Has("prompts-file")) {
+    DSERVE_ASSIGN_OR_RETURN(w.file_prompts,
+                            LoadPromptsFile(flags.Get("prompts-file"), flags.Get("model")));
+  }
   int64_t runs = 1;
   if (flags.Has("runs")) {
     DSERVE_ASSIGN_OR_RETURN(runs, flags.GetInt("runs", 1, 100));
@@ -311,7 +382,9 @@ absl::Status RunEngineBench(const Flags& flags, ModelSession& session) {
                           ParseList<double>("prefix-share", flags.Get("prefix-share"), 0.0, 1.0));
   std::vector<Setting> settings;
   for (double share : shares) {
-    for (int64_t c : concurrencies) settings.push_back({c, share});
+    for (int64_t c : concurrencies) {
+      for (int k : speculative) settings.push_back({c, share, k});
+    }
   }
   const bool json = flags.GetBool("json");
   const int threads = session.ops->num_threads();
@@ -349,16 +422,24 @@ absl::Status RunEngineBench(const Flags& flags, ModelSession& session) {
     Print(w, settings[i], medians[i], threads, runs, num_pages, page_size);
   }
   if (settings.size() > 1) {
-    std::printf("\nratios to the first setting (medians of per-run ratios)\n");
+    // With several draft counts, each setting against the same concurrency and share with the
+    // first draft count; otherwise against the first setting.
+    const bool by_drafts = speculative.size() > 1;
+    std::printf("\nratios to %s (medians of per-run ratios)\n",
+                by_drafts ? absl::StrCat("MTP drafts ", speculative[0], " at the same concurrency")
+                                .c_str()
+                          : "the first setting");
     for (size_t i = 1; i < settings.size(); ++i) {
+      const size_t base = by_drafts ? i - i % speculative.size() : 0;
+      if (base == i) continue;
       std::vector<double> gen, prompt;
       for (int64_t r = 0; r < runs; ++r) {
-        gen.push_back(results[i][r].gen_tps / results[0][r].gen_tps);
-        prompt.push_back(results[i][r].prompt_tps / results[0][r].prompt_tps);
+        gen.push_back(results[i][r].gen_tps / results[base][r].gen_tps);
+        prompt.push_back(results[i][r].prompt_tps / results[base][r].prompt_tps);
       }
-      std::printf("concurrency %lld, share %.2f: generated %.2fx, prompt %.2fx\n",
+      std::printf("concurrency %lld, share %.2f, MTP drafts %d: generated %.2fx, prompt %.2fx\n",
                   static_cast<long long>(settings[i].concurrency), settings[i].share,
-                  MedianOf(gen), MedianOf(prompt));
+                  settings[i].speculative, MedianOf(gen), MedianOf(prompt));
     }
   }
   return absl::OkStatus();

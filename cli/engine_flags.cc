@@ -2,6 +2,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 
 namespace dserve::cli {
 
@@ -15,8 +16,36 @@ std::vector<FlagSpec> EngineFlags() {
       {"no-prefix-caching", "do not reuse the KV pages of earlier prompts", "", true},
       {"speculative", "mtp: the model's MTP head drafts, the main model verifies (same output)",
        ""},
-      {"num-speculative-tokens", "drafts per step with --speculative mtp", "1"},
+      {"num-speculative-tokens",
+       absl::StrCat("drafts per step with --speculative mtp, 1 to ",
+                    engine::kMaxSpeculativeTokens, " (bench: a list, 0 = off, e.g. 0,1,2,3)"),
+       "1"},
   };
+}
+
+absl::StatusOr<std::vector<int>> ParseSpeculativeTokens(const Flags& flags) {
+  const std::string speculative = flags.Get("speculative");
+  if (speculative.empty()) {
+    if (flags.Has("num-speculative-tokens")) {
+      return absl::InvalidArgumentError("--num-speculative-tokens needs --speculative mtp");
+    }
+    return std::vector<int>{0};
+  }
+  if (speculative != "mtp") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--speculative must be mtp, got '", speculative, "'"));
+  }
+  std::vector<int> out;
+  for (absl::string_view item : absl::StrSplit(flags.Get("num-speculative-tokens"), ',')) {
+    int k;
+    if (!absl::SimpleAtoi(item, &k) || k < 0 || k > engine::kMaxSpeculativeTokens) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--num-speculative-tokens: '", std::string(item), "' must be an integer from 0 (off) to ",
+          engine::kMaxSpeculativeTokens));
+    }
+    out.push_back(k);
+  }
+  return out;
 }
 
 absl::StatusOr<engine::EngineConfig> ParseEngineConfig(const Flags& flags,
@@ -41,15 +70,12 @@ absl::StatusOr<engine::EngineConfig> ParseEngineConfig(const Flags& flags,
                           flags.GetInt("max-batched-tokens", 1, 1 << 20));
   DSERVE_ASSIGN_OR_RETURN(c.scheduler.max_num_seqs, flags.GetInt("max-num-seqs", 1, 1 << 16));
   c.enable_prefix_caching = !flags.GetBool("no-prefix-caching");
-  const std::string speculative = flags.Get("speculative");
-  if (!speculative.empty()) {
-    if (speculative != "mtp") {
-      return absl::InvalidArgumentError(
-          absl::StrCat("--speculative must be mtp, got '", speculative, "'"));
-    }
-    DSERVE_ASSIGN_OR_RETURN(const int64_t k, flags.GetInt("num-speculative-tokens", 1, 1));
-    c.num_speculative_tokens = static_cast<int>(k);
+  DSERVE_ASSIGN_OR_RETURN(const std::vector<int> drafts, ParseSpeculativeTokens(flags));
+  if (drafts.size() > 1) {
+    return absl::InvalidArgumentError(
+        "--num-speculative-tokens takes one value here (lists are for dserve bench)");
   }
+  c.num_speculative_tokens = drafts[0];
   c.mla_mode = session.mla_mode;
   c.sampler_threads = session.ops->num_threads();
   return c;

@@ -12,6 +12,9 @@
 namespace dserve::cli {
 
 std::vector<FlagSpec> EngineFlags();
+// --speculative / --num-speculative-tokens as a list of draft counts (0: off); {0} without
+// --speculative.
+absl::StatusOr<std::vector<int>> ParseSpeculativeTokens(const Flags& flags);
 absl::StatusOr<engine::EngineConfig> ParseEngineConfig(const Flags& flags,
                                                        const ModelSession& session);
 

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -31,6 +32,8 @@ class Flags {
   std::string Get(const std::string& name) const;
   absl::StatusOr<int64_t> GetInt(const std::string& name, int64_t min, int64_t max) const;
   bool GetBool(const std::string& name) const { return Has(name); }
+  // Overrides a flag's value (a command that runs several configurations).
+  void Set(const std::string& name, std::string value) { values_[name] = std::move(value); }
 
   static std::string Usage(const std::string& command, const std::string& summary,
                            const std::vector<FlagSpec>& specs);
