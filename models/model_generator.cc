@@ -7,17 +7,20 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <functional>
 #include <memory>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "core/check.h"
 #include "core/dtype.h"
 #include "core/progress.h"
 #include "models/config.h"
 #include "models/presets.h"
+#include "models/safetensors.h"
 
 namespace dserve::models {
 namespace {
@@ -77,7 +80,13 @@ uint64_t TensorSeed(uint64_t seed, const std::string& name) {
   return h ^ (seed * 0x9E3779B97F4A7C15ull);
 }
 
-std::vector<float> Values(const TensorSpec& s, uint64_t seed) {
+// Where tensor values come from: drawn from the seed, or read from a trained F32 file.
+struct Source {
+  uint64_t seed = 0;
+  const SafetensorsFile* weights = nullptr;
+};
+
+std::vector<float> RandomValues(const TensorSpec& s, uint64_t seed) {
   Rng rng(TensorSeed(seed, s.copy_of.empty() ? s.name : s.copy_of));
   std::vector<float> v(s.numel());
   const float uniform_std = std::sqrt(3.0f);  // U(-1, 1) has std 1/sqrt(3)
@@ -97,6 +106,24 @@ std::vector<float> Values(const TensorSpec& s, uint64_t seed) {
       break;
   }
   for (float& x : v) x = scale * rng.Uniform();
+  return v;
+}
+
+absl::StatusOr<std::vector<float>> Values(const TensorSpec& s, const Source& source) {
+  if (!source.weights) return RandomValues(s, source.seed);
+  const std::string& name = s.copy_of.empty() ? s.name : s.copy_of;
+  const TensorEntry* e = source.weights->Find(name);
+  if (!e) {
+    return absl::NotFoundError(absl::StrCat(source.weights->path(), " has no tensor ", name));
+  }
+  if (e->dtype != DType::kF32 || e->shape != s.shape) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        source.weights->path(), ": ", name, " is ", std::string(DTypeName(e->dtype)), " ",
+        e->ShapeString(),
+        ", expected F32 [", absl::StrJoin(s.shape, ", "), "]"));
+  }
+  std::vector<float> v(s.numel());
+  std::memcpy(v.data(), e->data, v.size() * sizeof(float));
   return v;
 }
 
@@ -128,23 +155,24 @@ std::vector<uint8_t> QuantizeFp8(const std::vector<float>& w, int64_t rows, int6
   return q;
 }
 
-std::vector<uint8_t> Produce(const TensorSpec& s, uint64_t seed) {
+absl::StatusOr<std::vector<uint8_t>> Produce(const TensorSpec& s, const Source& source) {
   std::vector<uint8_t> bytes(s.bytes());
   if (s.dtype == DType::kF8E4M3) {
-    const std::vector<uint8_t> q = QuantizeFp8(Values(s, seed), s.shape[0], s.shape[1]);
+    DSERVE_ASSIGN_OR_RETURN(const std::vector<float> w, Values(s, source));
+    const std::vector<uint8_t> q = QuantizeFp8(w, s.shape[0], s.shape[1]);
     std::memcpy(bytes.data(), q.data(), q.size());
     return bytes;
   }
   if (!s.scale_of.empty()) {
-    // The weight's values are seeded by its own name, so they can be drawn again here.
+    // The weight's values are keyed by its own name, so they can be drawn (or read) again here.
     const TensorSpec weight{s.scale_of, DType::kF8E4M3, s.weight_shape, Init::kProjection, "", {},
                             ""};
-    const std::vector<float> scales =
-        BlockScales(Values(weight, seed), s.weight_shape[0], s.weight_shape[1]);
+    DSERVE_ASSIGN_OR_RETURN(const std::vector<float> w, Values(weight, source));
+    const std::vector<float> scales = BlockScales(w, s.weight_shape[0], s.weight_shape[1]);
     std::memcpy(bytes.data(), scales.data(), scales.size() * sizeof(float));
     return bytes;
   }
-  const std::vector<float> v = Values(s, seed);
+  DSERVE_ASSIGN_OR_RETURN(const std::vector<float> v, Values(s, source));
   if (s.dtype == DType::kF32) {
     std::memcpy(bytes.data(), v.data(), v.size() * sizeof(float));
   } else {
@@ -260,7 +288,7 @@ absl::Status WriteText(const fs::path& path, const std::string& text) {
 // Writes one shard: header (tensors ordered by element size, largest first, so every tensor
 // stays aligned to its element size, as the safetensors library does), then the data.
 absl::Status WriteShard(const fs::path& path, std::vector<const TensorSpec*> tensors,
-                        uint64_t seed, Progress& progress) {
+                        const Source& source, Progress& progress) {
   std::stable_sort(tensors.begin(), tensors.end(), [](const TensorSpec* a, const TensorSpec* b) {
     return DTypeSize(a->dtype) > DTypeSize(b->dtype);
   });
@@ -283,8 +311,9 @@ absl::Status WriteShard(const fs::path& path, std::vector<const TensorSpec*> ten
             std::fwrite(text.data(), 1, text.size(), f.get()) == text.size();
   for (const TensorSpec* t : tensors) {
     if (!ok) break;
-    const std::vector<uint8_t> bytes = Produce(*t, seed);
-    ok = std::fwrite(bytes.data(), 1, bytes.size(), f.get()) == bytes.size();
+    absl::StatusOr<std::vector<uint8_t>> bytes = Produce(*t, source);
+    if (!bytes.ok()) return bytes.status();
+    ok = std::fwrite(bytes->data(), 1, bytes->size(), f.get()) == bytes->size();
     progress.Advance(t->bytes());
   }
   ok = std::fclose(f.release()) == 0 && ok;
@@ -310,11 +339,28 @@ std::string DefaultTokenizerDir() {
 }
 
 absl::Status GenerateModel(const GenerateOptions& o) {
-  DSERVE_ASSIGN_OR_RETURN(Preset preset, FindPreset(o.preset));
   if (o.out_dir.empty()) return absl::InvalidArgumentError("--out is required");
   if (o.max_shard_bytes <= 0) return absl::InvalidArgumentError("shard size must be positive");
-  const std::string config_text = preset.config.dump(2) + "\n";
-  DSERVE_ASSIGN_OR_RETURN(ModelConfig config, ParseModelConfig(config_text, o.preset));
+  if (o.preset.empty() == o.config_path.empty()) {
+    return absl::InvalidArgumentError("give either --preset or --config");
+  }
+  std::string config_text, what = o.preset;
+  if (!o.preset.empty()) {
+    DSERVE_ASSIGN_OR_RETURN(Preset preset, FindPreset(o.preset));
+    config_text = preset.config.dump(2) + "\n";
+  } else {
+    std::ifstream in(o.config_path, std::ios::binary);
+    if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", o.config_path));
+    config_text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    what = o.config_path;
+  }
+  DSERVE_ASSIGN_OR_RETURN(ModelConfig config, ParseModelConfig(config_text, what));
+  Source source{o.seed, nullptr};
+  std::unique_ptr<SafetensorsFile> weights;
+  if (!o.weights_path.empty()) {
+    DSERVE_ASSIGN_OR_RETURN(weights, SafetensorsFile::Open(o.weights_path));
+    source.weights = weights.get();
+  }
 
   const fs::path tokenizer_dir = o.tokenizer_dir.empty() ? DefaultTokenizerDir() : o.tokenizer_dir;
   for (const char* f : {"tokenizer.json", "tokenizer_config.json"}) {
@@ -347,12 +393,12 @@ absl::Status GenerateModel(const GenerateOptions& o) {
 
   Json weight_map = Json::object();
   std::vector<std::pair<std::string, std::string>> entries;
-  Progress progress(absl::StrCat("writing ", o.preset, " to ", o.out_dir), total, "B",
+  Progress progress(absl::StrCat("writing ", what, " to ", o.out_dir), total, "B",
                     o.show_progress);
   for (size_t i = 0; i < shards.size(); ++i) {
     const std::string file = absl::StrFormat("model-%05d-of-%05d.safetensors", i + 1,
                                              shards.size());
-    DSERVE_RETURN_IF_ERROR(WriteShard(out / file, shards[i], o.seed, progress));
+    DSERVE_RETURN_IF_ERROR(WriteShard(out / file, shards[i], source, progress));
     for (const TensorSpec* s : shards[i]) entries.emplace_back(s->name, file);
   }
   progress.Finish();

@@ -1,4 +1,4 @@
-// GenerateModel: writes a random-weight checkpoint of a preset in exactly the published
+// GenerateModel: writes a random-weight (or trained) checkpoint of a preset in exactly the published
 // Hugging Face layout — config.json, generation_config.json, sharded safetensors with
 // model.safetensors.index.json, the real tensor names and dtypes (FP8 E4M3 projections with
 // F32 128x128 weight_scale_inv, BF16 embeddings/norms/router/heads, F32 router bias) and the
@@ -13,8 +13,13 @@
 namespace dserve::models {
 
 struct GenerateOptions {
-  std::string preset;
+  std::string preset;       // a preset's config.json, or
+  std::string config_path;  // this config.json
   uint64_t seed = 0;
+  // An F32 .safetensors file holding every weight by its checkpoint name (a trained model,
+  // models/training/): its values replace the random ones and go through the same writer
+  // (FP8 block scaling, BF16 rounding, byte-identical MTP copies taken from the main tensors).
+  std::string weights_path;
   std::string out_dir;
   // Folder with tokenizer.json and tokenizer_config.json (scripts/setup.sh fetches them).
   std::string tokenizer_dir;
