@@ -96,7 +96,8 @@ absl::Status Serve(const Flags& flags) {
 
   server::ServerMetrics metrics(server::ServerMetricsOptions{service_config.served_model_name});
   const models::ExpertLoad& load = session.model->expert_load();
-  metrics.SetEngineStateSource([&engine, &load] {
+  const int drafts = config.num_speculative_tokens;
+  metrics.SetEngineStateSource([&engine, &load, drafts] {
     const engine::EngineGauges g = engine.gauges();
     server::EngineState s;
     s.num_running = g.running;
@@ -105,8 +106,11 @@ absl::Status Serve(const Flags& flags) {
     s.kv_pages_total = g.kv_total_pages;
     s.num_preemptions = g.preemptions;
     const engine::EngineStats stats = engine.stats();
+    s.verifications = stats.verifications;
     s.draft_tokens = stats.draft_tokens;
     s.accepted_draft_tokens = stats.accepted_draft_tokens;
+    s.accepted_at.assign(stats.accepted_at.begin(),
+                         stats.accepted_at.begin() + drafts);
     s.expert_tokens = load.Snapshot();
     s.expert_layers = load.layers();
     return s;

@@ -302,11 +302,22 @@ std::string ServerMetrics::Render() const {
              static_cast<double>(state.kv_pages_total));
   w.AddCounter("dserve:num_preemptions_total", "Cumulative number of preemptions from the engine.",
                state.num_preemptions);
+  w.AddCounter("dserve:spec_decode_num_drafts_total",
+               "Number of speculative verifications (one sequence's MTP drafts checked in a step).",
+               state.verifications);
   w.AddCounter("dserve:spec_decode_num_draft_tokens_total",
                "Number of MTP draft tokens checked by speculative decoding.", state.draft_tokens);
   w.AddCounter("dserve:spec_decode_num_accepted_tokens_total",
                "Number of MTP draft tokens accepted by speculative decoding.",
                state.accepted_draft_tokens);
+  if (!state.accepted_at.empty()) {
+    w.Family("dserve:spec_decode_num_accepted_tokens_per_pos", "counter",
+             "Accepted MTP draft tokens by draft position (0: the first draft).");
+    for (size_t j = 0; j < state.accepted_at.size(); ++j) {
+      w.Sample("dserve:spec_decode_num_accepted_tokens_per_pos", {{"position", std::to_string(j)}},
+               state.accepted_at[j]);
+    }
+  }
 
   w.AddCounter("dserve:prompt_tokens_total", "Number of prefill tokens processed.",
                prompt_tokens_.Value());

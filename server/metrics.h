@@ -95,9 +95,12 @@ struct EngineState {
   int64_t kv_pages_used = 0;
   int64_t kv_pages_total = 0;
   int64_t num_preemptions = 0;
-  // Speculative decoding: MTP drafts checked and accepted so far.
+  // Speculative decoding: verifications (one sequence's drafts checked in a step), MTP drafts
+  // checked and accepted so far, and accepted drafts by draft position (0: the first).
+  int64_t verifications = 0;
   int64_t draft_tokens = 0;
   int64_t accepted_draft_tokens = 0;
+  std::vector<int64_t> accepted_at;  // one entry per configured draft position
   std::vector<std::vector<int64_t>> expert_tokens;  // [moe layer index][expert] tokens routed
   std::vector<int> expert_layers;  // model layer number of each expert_tokens entry
 };

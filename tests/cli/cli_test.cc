@@ -93,6 +93,22 @@ TEST(CliTest, GeneratePrintsReferenceContinuation) {
   EXPECT_TRUE(Contains(r.output, "tokens/s"));
 }
 
+// The engine with MTP drafts prints the reference's greedy ids too, for each draft count.
+TEST(CliTest, SpeculativeGeneratePrintsTheSameContinuation) {
+  const auto ref = testing::ReadNpz(TestdataPath("micro-v3") + "/reference.npz");
+  for (int k : {1, 2, 3}) {
+    const Result r = Dserve(absl::StrCat("generate --model ", TestdataPath("micro-v3"),
+                                         " --tokens ", ReferenceTokens("micro-v3"),
+                                         " --max-tokens 8 --ignore-eos --speculative mtp "
+                                         "--num-speculative-tokens ",
+                                         k));
+    ASSERT_EQ(r.code, 0) << r.output;
+    EXPECT_TRUE(Contains(r.output, absl::StrJoin(ref.at("generated").AsInts(), ",") + "\n"))
+        << "K = " << k << ": " << r.output;
+    EXPECT_TRUE(Contains(r.output, "MTP drafts accepted (by position")) << r.output;
+  }
+}
+
 TEST(CliTest, InspectReportsParametersAndCacheSizes) {
   // micro-v3 (its README): hidden 256, vocab 2048, 4 layers (layer 0 dense, intermediate 512),
   // 8 heads, q_lora 128, kv_lora 128, nope 32, rope 16, v 32, 16 experts of 128 + 1 shared,
@@ -134,7 +150,18 @@ TEST(CliTest, BadInputGetsAClearErrorAndNonZeroExit) {
       {"logits --model " + TestdataPath("micro-v2") + " --tokens 1,2 --out /tmp/x.npy --mtp-out "
        "/tmp/y.npy",
        2, "has no MTP layer"},
+      {"generate --model " + v3 + " --tokens 1 --speculative eagle", 2,
+       "--speculative must be mtp"},
+      {"generate --model " + v3 + " --tokens 1 --speculative mtp --num-speculative-tokens 9", 2,
+       "'9' must be an integer from 0 (off) to 4"},
+      {"generate --model " + v3 + " --tokens 1 --num-speculative-tokens 2", 2,
+       "--num-speculative-tokens needs --speculative mtp"},
+      {"generate --model " + TestdataPath("micro-v2") + " --tokens 1 --speculative mtp", 2,
+       "needs a checkpoint with its MTP layer"},
       {"make-model --preset tiny-v9 --out /tmp/never", 2, "unknown preset 'tiny-v9'"},
+      {"make-model --out /tmp/never", 2, "give either --preset or --config"},
+      {"make-model --preset tiny-v3 --weights /nonexistent/w.safetensors --out /tmp/never", 2,
+       "/nonexistent/w.safetensors"},
       {"inspect", 2, "--model is required"},
   };
   for (const Case& c : cases) {

@@ -221,6 +221,7 @@ TEST(ServerMetricsTest, EveryFamilyHasHelpAndType) {
       {"dserve:kv_cache_used_pages", "gauge"},
       {"dserve:kv_cache_total_pages", "gauge"},
       {"dserve:num_preemptions_total", "counter"},
+      {"dserve:spec_decode_num_drafts_total", "counter"},
       {"dserve:spec_decode_num_draft_tokens_total", "counter"},
       {"dserve:spec_decode_num_accepted_tokens_total", "counter"},
       {"dserve:prompt_tokens_total", "counter"},
@@ -456,8 +457,10 @@ TEST(ServerMetricsTest, EngineStateComesFromTheCallbackAtScrapeTime) {
     state.kv_pages_used = 256;
     state.kv_pages_total = 1024;
     state.num_preemptions = 2;
+    state.verifications = 20;
     state.draft_tokens = 40;
     state.accepted_draft_tokens = 31;
+    state.accepted_at = {18, 13};
     return state;
   });
   exp = Parse(metrics.Render());
@@ -470,6 +473,9 @@ TEST(ServerMetricsTest, EngineStateComesFromTheCallbackAtScrapeTime) {
   EXPECT_EQ(exp.Value("dserve:num_preemptions_total"), 2);
   EXPECT_EQ(exp.Value("dserve:spec_decode_num_draft_tokens_total"), 40);
   EXPECT_EQ(exp.Value("dserve:spec_decode_num_accepted_tokens_total"), 31);
+  EXPECT_EQ(exp.Value("dserve:spec_decode_num_drafts_total"), 20);
+  EXPECT_EQ(exp.Value("dserve:spec_decode_num_accepted_tokens_per_pos", {{"position", "0"}}), 18);
+  EXPECT_EQ(exp.Value("dserve:spec_decode_num_accepted_tokens_per_pos", {{"position", "1"}}), 13);
   exp = Parse(metrics.Render());
   EXPECT_EQ(calls, 2);
   EXPECT_EQ(exp.Value("dserve:num_requests_running"), 5);
