@@ -10,6 +10,7 @@
 #include "cli/engine_bench.h"
 #include "cli/memory_bandwidth.h"
 #include "cli/model_session.h"
+#include "cli/spec_step_costs.h"
 #include "core/progress.h"
 #include "models/greedy_decode.h"
 
@@ -42,6 +43,7 @@ double DecodeWeightBytes(const models::DeepseekModel& model) {
 
 absl::Status Run(const Flags& flags) {
   DSERVE_ASSIGN_OR_RETURN(ModelSession s, OpenModel(flags));
+  if (flags.GetBool("step-costs")) return RunStepCosts(flags, s);
   if (flags.Has("num-prompts")) return RunEngineBench(flags, s);
   DSERVE_ASSIGN_OR_RETURN(int64_t prompt_len, flags.GetInt("prompt-tokens", 1, 1 << 16));
   DSERVE_ASSIGN_OR_RETURN(int64_t decode_len, flags.GetInt("decode-tokens", 2, 1 << 16));
@@ -116,6 +118,7 @@ int RunBench(const Args& args) {
   specs.push_back({"runs", "timed runs (medians are reported); the engine benchmark's default is 1",
                    ""});
   for (FlagSpec& f : EngineBenchFlags()) specs.push_back(std::move(f));
+  for (FlagSpec& f : StepCostFlags()) specs.push_back(std::move(f));
   Flags flags;
   int code;
   if (!ParseOrExit("bench", "Single-stream prompt and decode throughput, median of runs; with --num-prompts, the "
