@@ -22,6 +22,7 @@ namespace {
 absl::Status RunSpeculative(ModelSession& s, const std::vector<int32_t>& prompt,
                             int64_t max_tokens, int drafts, bool ignore_eos) {
   engine::EngineConfig config;
+  config.kv_dtype = DType::kF32;  // the plain loop's cache dtype, so the ids are the same
   config.num_speculative_tokens = drafts;
   config.mla_mode = s.mla_mode;
   config.num_pages =

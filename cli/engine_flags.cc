@@ -18,8 +18,9 @@ std::vector<FlagSpec> EngineFlags() {
        ""},
       {"num-speculative-tokens",
        absl::StrCat("drafts per step with --speculative mtp, 1 to ",
-                    engine::kMaxSpeculativeTokens, " (bench: a list, 0 = off, e.g. 0,1,2,3)"),
-       "1"},
+                    engine::kMaxSpeculativeTokens,
+                    " (default 1; bench: a list, 0 = off, e.g. 0,1,2,3)"),
+       ""},
   };
 }
 
@@ -35,6 +36,7 @@ absl::StatusOr<std::vector<int>> ParseSpeculativeTokens(const Flags& flags) {
     return absl::InvalidArgumentError(
         absl::StrCat("--speculative must be mtp, got '", speculative, "'"));
   }
+  if (!flags.Has("num-speculative-tokens")) return std::vector<int>{1};
   std::vector<int> out;
   for (absl::string_view item : absl::StrSplit(flags.Get("num-speculative-tokens"), ',')) {
     int k;

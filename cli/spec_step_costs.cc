@@ -11,6 +11,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "cli/engine_flags.h"
 #include "core/progress.h"
 #include "engine/engine_core.h"
 #include "kernels/latent_cache.h"
@@ -212,8 +213,8 @@ std::vector<FlagSpec> StepCostFlags() {
   return {
       {"step-costs",
        "speculative decoding's step costs: main forward by tokens per sequence, MTP forward, "
-       "LM head (batch sizes from --concurrency, context --input-len, up to the largest "
-       "--num-speculative-tokens), and the speedup they imply",
+       "LM head (batch sizes from --concurrency, context --input-len, drafts up to the largest "
+       "--num-speculative-tokens, default 3), and the speedup they imply",
        "", true},
       {"acceptance", "--step-costs: acceptance rate per draft for the implied speedups", "0.85"},
   };
@@ -234,19 +235,10 @@ absl::Status RunStepCosts(const Flags& flags, ModelSession& session) {
   if (flags.Has("runs")) {
     DSERVE_ASSIGN_OR_RETURN(runs, flags.GetInt("runs", 1, 100));
   }
-  int max_k = 3;
-  if (flags.Has("num-speculative-tokens")) {
-    max_k = 0;
-    for (absl::string_view item : absl::StrSplit(flags.Get("num-speculative-tokens"), ',')) {
-      int k;
-      if (!absl::SimpleAtoi(item, &k) || k < 0 || k > engine::kMaxSpeculativeTokens) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "--num-speculative-tokens: '", std::string(item), "' must be from 0 to ",
-            engine::kMaxSpeculativeTokens));
-      }
-      max_k = std::max(max_k, k);
-    }
-    max_k = std::max(max_k, 1);
+  int max_k = 3;  // unless --speculative mtp --num-speculative-tokens says otherwise
+  if (flags.Has("speculative") || flags.Has("num-speculative-tokens")) {
+    DSERVE_ASSIGN_OR_RETURN(const std::vector<int> drafts, ParseSpeculativeTokens(flags));
+    max_k = std::max(1, *std::max_element(drafts.begin(), drafts.end()));
   }
   std::vector<int64_t> batches;
   for (absl::string_view item : absl::StrSplit(flags.Get("concurrency"), ',')) {

@@ -320,9 +320,7 @@ absl::Status EngineCore::Step(std::vector<RequestOutput>* outputs) {
       const int64_t rejected = seq.num_drafts - accepted;
       ++stats_.verifications;
       stats_.draft_tokens += seq.num_drafts;
-      stats_.accepted_draft_tokens += accepted;
       for (int64_t j = 0; j < seq.num_drafts; ++j) ++stats_.drafts_at[j];
-      for (int64_t j = 0; j < accepted; ++j) ++stats_.accepted_at[j];
       verified = true;
       seq.DropDrafts(rejected);
       seq.num_computed -= rejected;
@@ -335,10 +333,16 @@ absl::Status EngineCore::Step(std::vector<RequestOutput>* outputs) {
       Fork(seq, std::span<const float>(run.logits.data() + run.logit_row[i] * vocab, vocab),
            outputs);
     }
+    int64_t emitted = 0;
     for (const SampledToken& t : tokens) {
       Accept(seq, t, outputs);
+      ++emitted;
       if (seq.finish != FinishReason::kNone) break;
     }
+    // Accepted drafts count once emitted: a stop inside an accepted run ends the count there.
+    const int64_t accepted_drafts = std::min<int64_t>(emitted, tokens.size() - 1);
+    stats_.accepted_draft_tokens += accepted_drafts;
+    for (int64_t j = 0; j < accepted_drafts; ++j) ++stats_.accepted_at[j];
     if (seq.finish != FinishReason::kNone) finished.push_back(seq.id);
   }
   const auto sampled_at = std::chrono::steady_clock::now();

@@ -26,8 +26,7 @@
 
 namespace dserve::engine {
 
-// Drafts per step: a verification step then checks up to 1 + 4 tokens per sequence (FlashMLA's
-// decode kernel takes query lengths up to 4 for the same reason).
+// Drafts per step: a verification step then runs up to 1 + 4 tokens per sequence.
 inline constexpr int kMaxSpeculativeTokens = 4;
 
 struct EngineConfig {
@@ -56,8 +55,9 @@ struct EngineStats {
   double schedule_seconds = 0, forward_seconds = 0, sample_seconds = 0, step_seconds = 0;
   int64_t peak_used_pages = 0;
   // Speculative decoding: verifications (a sequence's drafts checked in one step), drafts
-  // checked and accepted, both also by draft position (index 0: the first draft); the MTP
-  // module's time (drafting) and the forward time of the steps that checked drafts.
+  // checked and accepted (and emitted: a stop inside an accepted run ends the count), both also
+  // by draft position (index 0: the first draft); the MTP module's time (drafting) and the
+  // forward time of the steps that checked drafts.
   int64_t verifications = 0;
   int64_t draft_tokens = 0, accepted_draft_tokens = 0;
   std::array<int64_t, kMaxSpeculativeTokens> drafts_at{}, accepted_at{};
@@ -107,8 +107,9 @@ class EngineCore {
   // position in turn while the sampled token equals the draft (so the tokens are exactly
   // those decoding without drafts samples). Returns the tokens to accept, in order.
   std::vector<SampledToken> SampleItem(Sequence& seq, const float* logits) const;
-  // The MTP head over this step's final rows of every sequence still running; a decoding
-  // sequence gets its next draft from its last row.
+  // The MTP module over this step's final rows of every sequence still running; a decoding
+  // sequence gets its first draft from its last row, and up to K - 1 more from the module
+  // applied again on its own output.
   absl::Status Draft(const SchedulerOutput& work, const std::vector<int64_t>& valid_rows);
   void DropAllDrafts();
   // Appends the argmax of mtp_logits_ row i as the next draft of seqs[i].

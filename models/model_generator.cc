@@ -10,6 +10,7 @@
 #include <iterator>
 #include <functional>
 #include <memory>
+#include <set>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -321,6 +322,27 @@ absl::Status WriteShard(const fs::path& path, std::vector<const TensorSpec*> ten
   return absl::OkStatus();
 }
 
+// A trained weights file must hold exactly the tensors the checkpoint is written from: a
+// missing one would fail halfway through writing, an extra one is a name mismatch.
+absl::Status CheckWeightNames(const SafetensorsFile& weights, const std::vector<TensorSpec>& specs) {
+  std::set<std::string> needed;
+  for (const TensorSpec& s : specs) {
+    needed.insert(!s.copy_of.empty() ? s.copy_of : !s.scale_of.empty() ? s.scale_of : s.name);
+  }
+  for (const std::string& name : needed) {
+    if (!weights.Find(name)) {
+      return absl::NotFoundError(absl::StrCat(weights.path(), " has no tensor ", name));
+    }
+  }
+  for (const auto& [name, entry] : weights.tensors()) {
+    if (!needed.contains(name)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          weights.path(), " holds ", name, ", which this config's checkpoint has no place for"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 std::string DefaultTokenizerDir() {
@@ -377,6 +399,7 @@ absl::Status GenerateModel(const GenerateOptions& o) {
   if (ec) return absl::PermissionDeniedError(absl::StrCat("cannot create ", o.out_dir, ": ", ec.message()));
 
   const std::vector<TensorSpec> specs = SpecBuilder(config, config.fp8).Build();
+  if (weights) DSERVE_RETURN_IF_ERROR(CheckWeightNames(*weights, specs));
   // Cut into shards in published order, each at most max_shard_bytes (a larger tensor gets
   // a shard of its own).
   std::vector<std::vector<const TensorSpec*>> shards(1);

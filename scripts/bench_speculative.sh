@@ -23,4 +23,4 @@ build/dserve bench --model "$model" --threads 2 --prompts-file "$prompts" --num-
 echo
 echo "== step costs =="
 build/dserve bench --model "$model" --threads 2 --step-costs --concurrency 1,16 --input-len 128 \
-  --num-speculative-tokens 3 --runs 5 "$@" 2>/dev/null
+  --speculative mtp --num-speculative-tokens 3 --runs 5 "$@" 2>/dev/null

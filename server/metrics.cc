@@ -311,10 +311,11 @@ std::string ServerMetrics::Render() const {
                "Number of MTP draft tokens accepted by speculative decoding.",
                state.accepted_draft_tokens);
   if (!state.accepted_at.empty()) {
-    w.Family("dserve:spec_decode_num_accepted_tokens_per_pos", "counter",
+    w.Family("dserve:spec_decode_num_accepted_tokens_per_pos_total", "counter",
              "Accepted MTP draft tokens by draft position (0: the first draft).");
     for (size_t j = 0; j < state.accepted_at.size(); ++j) {
-      w.Sample("dserve:spec_decode_num_accepted_tokens_per_pos", {{"position", std::to_string(j)}},
+      w.Sample("dserve:spec_decode_num_accepted_tokens_per_pos_total",
+               {{"position", std::to_string(j)}},
                state.accepted_at[j]);
     }
   }

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <map>
+#include <numeric>
 
 #include <algorithm>
 #include <random>
@@ -347,6 +348,88 @@ TEST_P(SpeculativeTest, MtpDraftsLeaveSeededSamplingUnchanged) {
   int64_t preemptions = 0;
   ExpectSameTokens(RunAll(spec, requests, 0, &preemptions), alone);
   EXPECT_GT(preemptions, 0);
+}
+
+// Drafts `n` tokens after `verified` (prompt + generated) the way the engine should: the MTP
+// module over the main model's states, then again on its own output, one position on; run
+// directly on the model over a scratch cache.
+std::vector<int32_t> DirectDrafts(const std::vector<int32_t>& verified, int n) {
+  models::DeepseekModel& model = MicroModel();
+  const int64_t T = static_cast<int64_t>(verified.size()), page = 16;
+  kernels::LatentCacheShape shape = model.CacheShape((T + n) / page + 1, page);
+  shape.dtype = DType::kF32;
+  kernels::LatentCache cache(shape);
+  std::vector<int32_t> table(shape.num_pages), positions(T);
+  std::iota(table.begin(), table.end(), 0);
+  std::iota(positions.begin(), positions.end(), 0);
+  models::ForwardInput in;
+  in.tokens = verified;
+  in.batch.positions = positions;
+  in.batch.sequences = {{0, T, 0, table}};
+  models::ForwardOutput out;
+  EXPECT_TRUE(model.Forward(in, cache, &out).ok());
+  // Row i pairs the state at i with token i + 1; the last row drafts the first token.
+  const Tensor states = out.hidden.Rows(0, T - 1);
+  const std::vector<int32_t> next(verified.begin() + 1, verified.end());
+  const std::vector<int32_t> last = {static_cast<int32_t>(T - 2)};
+  models::MtpInput m;
+  m.next_tokens = next;
+  m.hidden = &states;
+  m.batch.positions = std::span<const int32_t>(positions).first(T - 1);
+  m.batch.sequences = {{0, T - 1, 0, table}};
+  m.logit_rows = last;
+  Tensor mtp_out;
+  m.hidden_out = &mtp_out;
+  std::vector<float> logits;
+  EXPECT_TRUE(model.ForwardMtp(m, cache, &logits).ok());
+  std::vector<int32_t> drafts = {models::ArgMax(logits)};
+  Tensor prev = mtp_out.Rows(T - 2, 1);
+  for (int j = 2; j <= n; ++j) {
+    const std::vector<int32_t> token = {drafts.back()}, position = {static_cast<int32_t>(T + j - 3)};
+    const std::vector<int32_t> row = {0};
+    models::MtpInput c;
+    c.next_tokens = token;
+    c.hidden = &prev;
+    c.batch.positions = position;
+    c.batch.sequences = {{0, 1, T + j - 3, table}};
+    c.logit_rows = row;
+    Tensor h;
+    c.hidden_out = &h;
+    EXPECT_TRUE(model.ForwardMtp(c, cache, &logits).ok());
+    drafts.push_back(models::ArgMax(logits));
+    prev = h;
+  }
+  return drafts;
+}
+
+// The drafts themselves (which never change the output, so only a direct check can catch a
+// wrong position, page or fed-back state): every draft run the engine made, first and chained,
+// equals the MTP module run directly over the same tokens.
+TEST(EngineTest, ChainedDraftsMatchTheMtpModuleRunDirectly) {
+  std::mt19937 rng(12);
+  EngineConfig spec = SmallConfig();
+  spec.kv_dtype = DType::kF32;
+  spec.num_speculative_tokens = 3;
+  struct Seen {
+    std::vector<int32_t> tokens;
+    int64_t drafts;
+  };
+  std::vector<Seen> seen;
+  spec.draft_override_for_testing = [&](const Sequence& seq) -> std::optional<int32_t> {
+    seen.push_back({seq.tokens, seq.num_drafts});
+    return std::nullopt;  // observe only: the model's own draft stands
+  };
+  RunAll(spec, {Greedy(RandomPrompt(rng, 20), 12), Greedy(RandomPrompt(rng, 40), 12)});
+  int checked = 0;
+  for (const Seen& s : seen) {
+    if (s.drafts < 2) continue;  // a third draft's call shows the first two
+    const std::vector<int32_t> verified(s.tokens.begin(), s.tokens.end() - s.drafts);
+    const std::vector<int32_t> drafts(s.tokens.end() - s.drafts, s.tokens.end());
+    EXPECT_EQ(drafts, DirectDrafts(verified, static_cast<int>(s.drafts)))
+        << "after " << verified.size() << " tokens";
+    ++checked;
+  }
+  EXPECT_GE(checked, 4);
 }
 
 TEST(EngineTest, SpeculativeDecodingTakesOneToFourDrafts) {

@@ -474,8 +474,10 @@ TEST(ServerMetricsTest, EngineStateComesFromTheCallbackAtScrapeTime) {
   EXPECT_EQ(exp.Value("dserve:spec_decode_num_draft_tokens_total"), 40);
   EXPECT_EQ(exp.Value("dserve:spec_decode_num_accepted_tokens_total"), 31);
   EXPECT_EQ(exp.Value("dserve:spec_decode_num_drafts_total"), 20);
-  EXPECT_EQ(exp.Value("dserve:spec_decode_num_accepted_tokens_per_pos", {{"position", "0"}}), 18);
-  EXPECT_EQ(exp.Value("dserve:spec_decode_num_accepted_tokens_per_pos", {{"position", "1"}}), 13);
+  EXPECT_EQ(
+      exp.Value("dserve:spec_decode_num_accepted_tokens_per_pos_total", {{"position", "0"}}), 18);
+  EXPECT_EQ(
+      exp.Value("dserve:spec_decode_num_accepted_tokens_per_pos_total", {{"position", "1"}}), 13);
   exp = Parse(metrics.Render());
   EXPECT_EQ(calls, 2);
   EXPECT_EQ(exp.Value("dserve:num_requests_running"), 5);
