@@ -334,11 +334,13 @@ absl::Status EngineCore::Step(std::vector<RequestOutput>* outputs) {
            outputs);
     }
     int64_t emitted = 0;
+    const size_t first_output = outputs->size();
     for (const SampledToken& t : tokens) {
       Accept(seq, t, outputs);
       ++emitted;
       if (seq.finish != FinishReason::kNone) break;
     }
+    MergeOutputs(first_output, outputs);
     // Accepted drafts count once emitted: a stop inside an accepted run ends the count there.
     const int64_t accepted_drafts = std::min<int64_t>(emitted, tokens.size() - 1);
     stats_.accepted_draft_tokens += accepted_drafts;
@@ -364,6 +366,29 @@ absl::Status EngineCore::Step(std::vector<RequestOutput>* outputs) {
   stats_.mtp_seconds += Seconds(sampled_at, t3);
   stats_.step_seconds += Seconds(t0, t3);
   return absl::OkStatus();
+}
+
+void EngineCore::MergeOutputs(size_t first, std::vector<RequestOutput>* outputs) {
+  if (outputs->size() <= first + 1) return;
+  // The last output holds the finish fields; the earlier ones' tokens, logprobs and text go
+  // in front of its own.
+  RequestOutput merged = std::move(outputs->back());
+  std::vector<int32_t> tokens;
+  std::vector<SampledToken> logprobs;
+  std::string text;
+  for (size_t k = first; k + 1 < outputs->size(); ++k) {
+    RequestOutput& o = (*outputs)[k];
+    tokens.insert(tokens.end(), o.tokens.begin(), o.tokens.end());
+    logprobs.insert(logprobs.end(), o.logprobs.begin(), o.logprobs.end());
+    text += o.text;
+  }
+  tokens.insert(tokens.end(), merged.tokens.begin(), merged.tokens.end());
+  logprobs.insert(logprobs.end(), merged.logprobs.begin(), merged.logprobs.end());
+  merged.tokens = std::move(tokens);
+  merged.logprobs = std::move(logprobs);
+  merged.text = std::move(text) + merged.text;
+  outputs->resize(first);
+  outputs->push_back(std::move(merged));
 }
 
 void EngineCore::DropAllDrafts() {

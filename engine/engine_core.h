@@ -115,6 +115,9 @@ class EngineCore {
   // Appends the argmax of mtp_logits_ row i as the next draft of seqs[i].
   void AppendDrafts(const std::vector<Sequence*>& seqs);
   static Tensor GatherRows(const Tensor& t, std::span<const int32_t> rows);
+  // Joins the outputs from `first` on (one sequence's tokens of this step) into one, as the
+  // front ends stream a step's accepted drafts in one chunk.
+  static void MergeOutputs(size_t first, std::vector<RequestOutput>* outputs);
   // Appends a sampled token, decides whether the sequence ends, and reports it.
   void Accept(Sequence& seq, const SampledToken& sampled, std::vector<RequestOutput>* outputs);
   // Releases a finished sequence; returns the output's request-level fields.

@@ -42,7 +42,8 @@ struct Usage {
 struct RequestOutput {
   RequestId request = 0;
   int index = 0;                       // which of the n samples
-  std::vector<int32_t> tokens;         // generated this step (one, or none at the end)
+  // Generated this step: one, several when drafts were accepted, or none at the end.
+  std::vector<int32_t> tokens;
   std::vector<SampledToken> logprobs;  // one per token when logprobs were asked for
   std::string text;                    // detokenised delta (empty without a tokenizer)
   FinishReason finish = FinishReason::kNone;
