@@ -73,9 +73,15 @@ absl::Status BlasLt::Run(Kind kind, const GemmParams& p, cudaStream_t stream) {
   if (fp8 && p.k % 16 != 0) {
     return absl::InvalidArgumentError(absl::StrCat("FP8 GEMM: k must be a multiple of 16, got ", p.k));
   }
-  if (kind == Kind::kFp8Block && p.k % 128 != 0) {
+  if (kind == Kind::kFp8Block && p.k % 512 != 0) {
+    // k / 128 weight scales per row must be a multiple of 4: cuBLASLt reads the published
+    // weight_scale_inv with that row stride (every DeepSeek-V3 projection has it).
     return absl::InvalidArgumentError(
-        absl::StrCat("block-scaled FP8 GEMM: k must be a multiple of 128, got ", p.k));
+        absl::StrCat("block-scaled FP8 GEMM: k must be a multiple of 512, got ", p.k));
+  }
+  if (kind == Kind::kFp8Block && p.m % 4 != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "block-scaled FP8 GEMM: m must be a multiple of 4 (pad the activations), got ", p.m));
   }
   if (fp8 && p.n % 8 != 0) {
     return absl::InvalidArgumentError(
@@ -87,8 +93,8 @@ absl::Status BlasLt::Run(Kind kind, const GemmParams& p, cudaStream_t stream) {
   // cuBLASLt is column-major: row-major w [n, k] is a k x n matrix (ld k) used transposed
   // (A, op T), row-major x [m, k] a k x m matrix (B, op N), and row-major out [m, n] the n x m
   // product D (ld n). So A's BLK128x128 scales, ceil(k/128) x ceil(n/128) column-major, are
-  // weight_scale_inv [ceil(n/128), k/128] row-major as published, and B's VEC128 scales,
-  // k/128 x m column-major, are x_scales [m, k/128] row-major.
+  // weight_scale_inv [ceil(n/128), k/128] row-major as published (k/128 a multiple of 4), and
+  // B's VEC128 scales, k/128 x m with m contiguous, are x_scales [k/128][Fp8ScaleStride(m)].
   const cudaDataType_t in_type = fp8 ? CUDA_R_8F_E4M3 : CUDA_R_16BF;
   Desc desc;
   DSERVE_CUBLAS_RETURN_IF_ERROR(cublasLtMatmulDescCreate(&desc.d, CUBLAS_COMPUTE_32F, CUDA_R_32F));

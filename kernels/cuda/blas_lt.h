@@ -27,13 +27,16 @@ struct GemmParams {
   int64_t k = 0;  // input features
   const void* x = nullptr;  // [m, k]: E4M3 bytes (FP8 products) or BF16
   const void* w = nullptr;  // [n, k]: E4M3 bytes or BF16
-  // Fp8BlockScaled: [m, k / 128] F32 (value = fp8 * scale). Fp8TensorScaled: one F32.
+  // Fp8BlockScaled: [k / 128][Fp8ScaleStride(m)] F32 as LaunchQuantizeFp8PerGroup writes them
+  // (value = fp8 * scale). Fp8TensorScaled: one F32.
   const float* x_scales = nullptr;
-  // Fp8BlockScaled: [ceil(n / 128), k / 128] F32 (weight_scale_inv). Fp8TensorScaled: one F32.
+  // Fp8BlockScaled: [ceil(n / 128), k / 128] F32 (weight_scale_inv as published).
+  // Fp8TensorScaled: one F32.
   const float* w_scales = nullptr;
   void* out = nullptr;  // [m, n] BF16
 };
 
+// Not thread-safe: one workspace and algorithm cache; use one BlasLt per stream.
 class BlasLt {
  public:
   static absl::StatusOr<std::unique_ptr<BlasLt>> Create(size_t workspace_bytes = size_t{32} << 20);

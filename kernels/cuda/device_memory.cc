@@ -1,5 +1,7 @@
 #include "kernels/cuda/device_memory.h"
 
+#include <cstdio>
+
 #include <cuda_runtime_api.h>
 
 #include "absl/strings/str_cat.h"
@@ -8,7 +10,15 @@
 namespace dserve::kernels::cuda {
 namespace {
 
-void FreeDevice(void* p) { DSERVE_CUDA_CHECK(cudaFree(p)); }
+// Not fatal: after a kernel fault (a sticky error) or while the runtime unloads at exit,
+// cudaFree fails too, and aborting here would hide the error that matters.
+void FreeDevice(void* p) {
+  const cudaError_t error = cudaFree(p);
+  if (error != cudaSuccess && error != cudaErrorCudartUnloading) {
+    std::fprintf(stderr, "dserve: cudaFree failed: %s (%s)\n", cudaGetErrorName(error),
+                 cudaGetErrorString(error));
+  }
+}
 
 }  // namespace
 
@@ -19,6 +29,19 @@ int DeviceCount() {
     return 0;
   }
   return count;
+}
+
+absl::Status DeviceAvailable() {
+  int count = 0;
+  const cudaError_t error = cudaGetDeviceCount(&count);
+  if (error != cudaSuccess) {
+    (void)cudaGetLastError();
+    return absl::UnavailableError(absl::StrCat("no CUDA device: cudaGetDeviceCount: ",
+                                               cudaGetErrorName(error), " (",
+                                               cudaGetErrorString(error), ")"));
+  }
+  if (count == 0) return absl::UnavailableError("no CUDA device visible");
+  return absl::OkStatus();
 }
 
 absl::StatusOr<DeviceInfo> GetDeviceInfo(int device) {

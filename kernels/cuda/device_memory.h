@@ -21,6 +21,8 @@ struct DeviceInfo {
 
 // Number of visible CUDA devices; 0 (not an error) when there is no driver or no GPU.
 int DeviceCount();
+// OK when a device is visible; otherwise why not (cudaGetDeviceCount's error, or none found).
+absl::Status DeviceAvailable();
 absl::StatusOr<DeviceInfo> GetDeviceInfo(int device = 0);
 
 // `bytes` of device memory (at least 256-byte aligned, as cudaMalloc gives it).

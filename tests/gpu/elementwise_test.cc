@@ -22,7 +22,7 @@ using dserve::testing::ExpectAgree;
 class CudaElementwiseTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device here: the GPU tests need one";
+    if (const absl::Status s = DeviceAvailable(); !s.ok()) GTEST_SKIP() << s.message() << " (the GPU tests need one)";
   }
 
   Tensor Random(std::vector<int64_t> shape, float mean = 0.0f, float stddev = 1.0f) {

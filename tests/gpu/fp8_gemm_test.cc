@@ -23,18 +23,20 @@ namespace {
 
 using dserve::testing::ExpectAgree;
 
-// The quantiser's rule on the host: per 128-value group, scale = amax / 448 (1 for zeros).
+// The quantiser's rule on the host: per 128-value group, scale = amax / 448 (1 for zeros);
+// scales [cols / 128][Fp8ScaleStride(rows)], padding 1.
 void QuantizeHost(const std::vector<float>& x, int64_t rows, int64_t cols, std::vector<uint8_t>* q,
                   std::vector<float>* scales) {
+  const int64_t stride = Fp8ScaleStride(rows);
   q->resize(rows * cols);
-  scales->resize(rows * cols / 128);
+  scales->assign(cols / 128 * stride, 1.0f);
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t g = 0; g < cols / 128; ++g) {
       const float* v = x.data() + r * cols + g * 128;
       float amax = 0;
       for (int i = 0; i < 128; ++i) amax = std::max(amax, std::fabs(v[i]));
       const float scale = amax > 0 ? amax / 448.0f : 1.0f;
-      (*scales)[r * (cols / 128) + g] = scale;
+      (*scales)[g * stride + r] = scale;
       for (int i = 0; i < 128; ++i) (*q)[r * cols + g * 128 + i] = FloatToFp8E4M3(v[i] / scale);
     }
   }
@@ -63,7 +65,7 @@ void QuantizeWeights(const std::vector<float>& w, int64_t n, int64_t k, std::vec
 class CudaFp8Test : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device here: the GPU tests need one";
+    if (const absl::Status s = DeviceAvailable(); !s.ok()) GTEST_SKIP() << s.message() << " (the GPU tests need one)";
     absl::StatusOr<std::unique_ptr<BlasLt>> blas = BlasLt::Create();
     ASSERT_TRUE(blas.ok()) << blas.status();
     blas_ = *std::move(blas);
@@ -112,13 +114,14 @@ TEST_F(CudaFp8Test, QuantizerMatchesTheRuleExactly) {
   std::vector<float> want_s;
   QuantizeHost(x, rows, cols, &want_q, &want_s);
   const Tensor dx = Up(x, DType::kF32);
-  const Tensor dq = Poisoned(rows * cols), ds = Poisoned(rows * cols / 128 * 4);
+  const Tensor dq = Poisoned(rows * cols);
+  const Tensor ds = Poisoned(Fp8ScaleStride(rows) * cols / 128 * 4);
   ASSERT_EQ(LaunchQuantizeFp8PerGroup(dx.data<float>(), rows, cols, dq.data<uint8_t>(),
                                       ds.data<float>(), nullptr),
             cudaSuccess);
   ASSERT_TRUE(Synchronize().ok());
   std::vector<uint8_t> got_q(rows * cols);
-  std::vector<float> got_s(rows * cols / 128);
+  std::vector<float> got_s(Fp8ScaleStride(rows) * cols / 128);  // padding rows included
   ASSERT_TRUE(CopyToHost(got_q.data(), dq.raw(), got_q.size()).ok());
   ASSERT_TRUE(CopyToHost(got_s.data(), ds.raw(), got_s.size() * 4).ok());
   EXPECT_EQ(got_s, want_s);
@@ -137,20 +140,21 @@ struct Shape {
 
 TEST_F(CudaFp8Test, BlockScaledGemmMatchesFloat64OfItsInputs) {
   // V3's kv_a (576 x 7168: a partial last 128-row block), q_b, o_proj-like and a small one.
-  for (const Shape s : {Shape{1, 576, 7168}, Shape{37, 1536, 512}, Shape{64, 2048, 1536},
-                        Shape{5, 200, 384}}) {
+  // (m a multiple of 4 and k of 512, as the GEMM requires.)
+  for (const Shape s : {Shape{4, 576, 7168}, Shape{36, 1536, 512}, Shape{64, 2048, 1536},
+                        Shape{8, 200, 512}}) {
     SCOPED_TRACE(::testing::Message() << "m " << s.m << ", n " << s.n << ", k " << s.k);
     std::vector<uint8_t> xq, wq;
     std::vector<float> xs, ws;
     QuantizeHost(Random(s.m * s.k, 1.0f), s.m, s.k, &xq, &xs);
     QuantizeWeights(Random(s.n * s.k, 0.02f), s.n, s.k, &wq, &ws);
     std::vector<double> want(s.m * s.n, 0.0);
-    const int64_t bk = s.k / 128;
+    const int64_t bk = s.k / 128, stride = Fp8ScaleStride(s.m);
     for (int64_t i = 0; i < s.m; ++i) {
       for (int64_t j = 0; j < s.n; ++j) {
         double acc = 0;
         for (int64_t c = 0; c < s.k; ++c) {
-          acc += static_cast<double>(Fp8E4M3ToFloat(xq[i * s.k + c])) * xs[i * bk + c / 128] *
+          acc += static_cast<double>(Fp8E4M3ToFloat(xq[i * s.k + c])) * xs[(c / 128) * stride + i] *
                  Fp8E4M3ToFloat(wq[j * s.k + c]) * ws[(j / 128) * bk + c / 128];
         }
         want[i * s.n + j] = acc;
@@ -187,7 +191,8 @@ TEST_F(CudaFp8Test, QuantizerAndGemmMatchTheCpuLinear) {
   Tensor want = Tensor::Zeros(DType::kF32, {m, n});
   cpu::CpuOps(1).Linear(xt, w, want);
   // GPU: quantise the activations, then the block-scaled GEMM.
-  const Tensor dx = Up(x, DType::kF32), dq = Poisoned(m * k), ds = Poisoned(m * k / 128 * 4);
+  const Tensor dx = Up(x, DType::kF32), dq = Poisoned(m * k);
+  const Tensor ds = Poisoned(Fp8ScaleStride(m) * k / 128 * 4);
   ASSERT_EQ(LaunchQuantizeFp8PerGroup(dx.data<float>(), m, k, dq.data<uint8_t>(),
                                       ds.data<float>(), nullptr),
             cudaSuccess);
@@ -225,8 +230,15 @@ TEST_F(CudaFp8Test, Bf16GemmMatchesFloat64OfItsInputs) {
 TEST_F(CudaFp8Test, BadShapesAreRefusedWithTheArgumentNamed) {
   GemmParams p{4, 256, 100, this, this, nullptr, nullptr, this};
   absl::Status s = blas_->Fp8BlockScaled(p, nullptr);
-  EXPECT_NE(s.message().find("k must be a multiple of"), std::string::npos) << s;
-  p.k = 256;
+  EXPECT_NE(s.message().find("k must be a multiple of 16"), std::string::npos) << s;
+  p.k = 384;
+  s = blas_->Fp8BlockScaled(p, nullptr);
+  EXPECT_NE(s.message().find("k must be a multiple of 512"), std::string::npos) << s;
+  p.k = 512;
+  p.m = 5;
+  s = blas_->Fp8BlockScaled(p, nullptr);
+  EXPECT_NE(s.message().find("m must be a multiple of 4"), std::string::npos) << s;
+  p.m = 4;
   p.n = 12;
   s = blas_->Fp8BlockScaled(p, nullptr);
   EXPECT_NE(s.message().find("n must be a multiple of 8"), std::string::npos) << s;

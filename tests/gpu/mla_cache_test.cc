@@ -19,7 +19,7 @@ namespace dserve::kernels::cuda {
 namespace {
 
 TEST(CudaMlaCacheTest, WritesTheSameLatentsAsTheCpu) {
-  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device here: the GPU tests need one";
+  if (const absl::Status s = DeviceAvailable(); !s.ok()) GTEST_SKIP() << s.message() << " (the GPU tests need one)";
   const int64_t kv_lora = 512, rope = 64, page = 64, pages = 6, positions = 256;
   const int layers = 2, layer = 1;
   const std::vector<int32_t> table_a = {4, 1}, table_b = {0, 5, 2};

@@ -40,7 +40,7 @@ RouterConfig Config(int experts, int top_k, int groups, int topk_group, ScoringF
 }
 
 TEST(CudaMoeRouteTest, SameExpertsAndWeightsAsTheCpuGate) {
-  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device here: the GPU tests need one";
+  if (const absl::Status s = DeviceAvailable(); !s.ok()) GTEST_SKIP() << s.message() << " (the GPU tests need one)";
   const std::vector<Case> cases = {
       {"V3", Config(256, 8, 8, 4, ScoringFunc::kSigmoid, TopkMethod::kNoauxTc, true, 2.5f, false),
        true},
@@ -102,7 +102,7 @@ TEST(CudaMoeRouteTest, SameExpertsAndWeightsAsTheCpuGate) {
 }
 
 TEST(CudaMoeRouteTest, RefusesConfigsItCannotRoute) {
-  if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device here: the GPU tests need one";
+  if (const absl::Status s = DeviceAvailable(); !s.ok()) GTEST_SKIP() << s.message() << " (the GPU tests need one)";
   RouterConfig c;
   c.num_experts = 2048;  // beyond the kernel's 1024
   c.top_k = 8;

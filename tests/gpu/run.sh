@@ -10,17 +10,27 @@ log=$(mktemp -d)
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 status=0
 rows=()
+# Libraries neither carried nor on the device (the CUDA 13 runtime and cuBLASLt must be there).
+if ldd "$bundle"/bin/* 2>/dev/null | grep -q 'not found'; then
+  echo "missing shared libraries:"
+  ldd "$bundle"/bin/* | grep 'not found' | sort -u
+  status=1
+fi
 for t in "$bundle"/bin/gpu_*_test; do
   name=$(basename "$t")
-  timeout 300 "$t" --gtest_brief=1 >"$log/$name.txt" 2>&1
+  timeout 300 "$t" >"$log/$name.txt" 2>&1
   rc=$?
-  passed=$(grep -c '^\[       OK \]' "$log/$name.txt")
-  failed=$(grep -c '^\[  FAILED  \] [A-Za-z]' "$log/$name.txt")
-  skipped=$(grep -c '^\[  SKIPPED \] [A-Za-z]' "$log/$name.txt")
-  rows+=("$(printf '%-34s rc %-3s passed %-4s failed %-4s skipped %s' "$name" "$rc" "$passed" "$failed" "$skipped")")
-  if [ "$rc" -ne 0 ]; then
+  # gtest's summary lines: "[  PASSED  ] N tests.", "[  SKIPPED ] N tests, ...", "[  FAILED  ] N tests, ...".
+  count() { sed -n "s/^\[  $1 *\] \([0-9][0-9]*\) tests\{0,1\}[.,].*/\1/p" "$log/$name.txt" | head -1; }
+  passed=$(count PASSED)
+  failed=$(count FAILED)
+  skipped=$(count SKIPPED)
+  passed=${passed:-0} failed=${failed:-0} skipped=${skipped:-0}
+  rows+=("$(printf '%-28s rc %-3s passed %-4s failed %-4s skipped %s' "$name" "$rc" "$passed" "$failed" "$skipped")")
+  # On the GPU machine a skipped test means the GPU was not usable: that is a failure here.
+  if [ "$rc" -ne 0 ] || [ "$skipped" -ne 0 ]; then
     status=1
-    tail -40 "$log/$name.txt"
+    grep -E '^\[  (FAILED|SKIPPED) \]|Failure|no CUDA device' "$log/$name.txt" | head -20
   fi
 done
 for b in "$bundle"/bin/gpu_*_bench; do
