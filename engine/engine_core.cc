@@ -456,16 +456,10 @@ absl::Status EngineCore::Draft(const SchedulerOutput& work, const std::vector<in
     dst += count * c.hidden_size;
   }
   batch.positions = positions;
-  models::MtpInput in;
-  in.next_tokens = next_tokens;
-  in.hidden = &hidden;
-  in.batch = std::move(batch);
-  in.logit_rows = logit_rows;
-  in.mla_mode = config_.mla_mode;
   Tensor mtp_hidden;
   const bool chain = config_.num_speculative_tokens > 1 && !drafting.empty();
-  if (chain) in.hidden_out = &mtp_hidden;
-  DSERVE_RETURN_IF_ERROR(model_.ForwardMtp(in, cache_, &mtp_logits_));
+  DSERVE_RETURN_IF_ERROR(RunMtp(next_tokens, hidden, std::move(batch), logit_rows,
+                                chain ? &mtp_hidden : nullptr));
   AppendDrafts(drafting);
   if (!chain) return absl::OkStatus();
   // Further drafts: the MTP module again, fed its own output and its last draft, one position
@@ -495,19 +489,25 @@ absl::Status EngineCore::Draft(const SchedulerOutput& work, const std::vector<in
     std::vector<int32_t> all_rows(tokens.size());
     std::iota(all_rows.begin(), all_rows.end(), 0);
     b.positions = pos;
-    models::MtpInput m;
-    m.next_tokens = tokens;
-    m.hidden = &h;
-    m.batch = std::move(b);
-    m.logit_rows = all_rows;
-    m.mla_mode = config_.mla_mode;
-    m.hidden_out = &mtp_hidden;
-    DSERVE_RETURN_IF_ERROR(model_.ForwardMtp(m, cache_, &mtp_logits_));
+    DSERVE_RETURN_IF_ERROR(RunMtp(tokens, h, std::move(b), all_rows, &mtp_hidden));
     AppendDrafts(next);
     prev = std::move(mtp_hidden);
     drafting = std::move(next);
   }
   return absl::OkStatus();
+}
+
+absl::Status EngineCore::RunMtp(std::span<const int32_t> next_tokens, const Tensor& hidden,
+                                kernels::AttentionBatch batch,
+                                std::span<const int32_t> logit_rows, Tensor* hidden_out) {
+  models::MtpInput in;
+  in.next_tokens = next_tokens;
+  in.hidden = &hidden;
+  in.batch = std::move(batch);
+  in.logit_rows = logit_rows;
+  in.mla_mode = config_.mla_mode;
+  in.hidden_out = hidden_out;
+  return model_.ForwardMtp(in, cache_, &mtp_logits_);
 }
 
 void EngineCore::AppendDrafts(const std::vector<Sequence*>& seqs) {

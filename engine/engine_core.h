@@ -112,6 +112,11 @@ class EngineCore {
   // applied again on its own output.
   absl::Status Draft(const SchedulerOutput& work, const std::vector<int64_t>& valid_rows);
   void DropAllDrafts();
+  // One MTP pass: logits of logit_rows into mtp_logits_, its output states into hidden_out
+  // (may be null).
+  absl::Status RunMtp(std::span<const int32_t> next_tokens, const Tensor& hidden,
+                      kernels::AttentionBatch batch, std::span<const int32_t> logit_rows,
+                      Tensor* hidden_out);
   // Appends the argmax of mtp_logits_ row i as the next draft of seqs[i].
   void AppendDrafts(const std::vector<Sequence*>& seqs);
   static Tensor GatherRows(const Tensor& t, std::span<const int32_t> rows);

@@ -80,8 +80,7 @@ class Config:
 
 
 def rms_norm(x, w, eps):
-    x32 = x
-    return x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps) * w
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
 
 
 def apply_rope(x, cos, sin):

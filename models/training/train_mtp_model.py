@@ -226,7 +226,7 @@ def check_export(cfg, args, prompts):
     worst = 0.0
     for k, ids in enumerate(prompts):
         tokens = torch.tensor([ids])
-        ref, ref_mtp = dt.forward(cfg, w, embed, head, tokens[:, :-1], next_tokens=tokens[:, 1:])
+        _, ref_mtp = dt.forward(cfg, w, embed, head, tokens[:, :-1], next_tokens=tokens[:, 1:])
         ref = dt.forward(cfg, w, embed, head, tokens)[0][0]
         out = os.path.join(args.work, f"check{k}.npy")
         out_mtp = os.path.join(args.work, f"check{k}_mtp.npy")
