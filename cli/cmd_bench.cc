@@ -77,18 +77,17 @@ absl::Status Run(const Flags& flags) {
       progress.Advance(1);
     }
   }
-  const int threads = s.ops->num_threads();
   const double weight_bytes = DecodeWeightBytes(*s.model);
-  // DRAM: a buffer far beyond any cache. Same-size: a buffer as large as the weights one
-  // decode step reads, so caches help it exactly as much as they help decoding.
-  const double dram = MeasureReadBandwidth(size_t{1} << 30, threads, 5);
-  const double same_size = MeasureReadBandwidth(static_cast<size_t>(weight_bytes), threads, 5);
   const double decode_tps = Median(decode);
   const double effective = weight_bytes * decode_tps / 1e9;
 
   std::printf("model            %s (%s)\n", flags.Get("model").c_str(), c.model_type.c_str());
-  std::printf("threads          %d, isa %s\n", threads,
-              std::string(kernels::cpu::IsaName(s.ops->isa())).c_str());
+  if (s.cpu) {
+    std::printf("threads          %d, isa %s\n", s.threads,
+                std::string(kernels::cpu::IsaName(s.cpu->isa())).c_str());
+  } else {
+    std::printf("device           %s\n", std::string(s.ops->name()).c_str());
+  }
   std::printf("runs             %lld (+1 warm-up), prompt %lld tokens, decode %lld tokens\n",
               static_cast<long long>(runs), static_cast<long long>(prompt_len),
               static_cast<long long>(decode_len));
@@ -100,9 +99,14 @@ absl::Status Run(const Flags& flags) {
               *std::max_element(decode.begin(), decode.end()));
   std::printf("decode weights   %.1f MB read per token -> %.2f GB/s\n", weight_bytes / 1e6,
               effective);
+  if (!s.cpu) return absl::OkStatus();
+  // DRAM: a buffer far beyond any cache. Same-size: a buffer as large as the weights one
+  // decode step reads, so caches help it exactly as much as they help decoding.
+  const double dram = MeasureReadBandwidth(size_t{1} << 30, s.threads, 5);
+  const double same_size = MeasureReadBandwidth(static_cast<size_t>(weight_bytes), s.threads, 5);
   std::printf("read bandwidth   %.2f GB/s streaming 1 GiB (DRAM); %.2f GB/s streaming %.1f MB "
               "(%d threads, medians of 5)\n",
-              dram, same_size, weight_bytes / 1e6, threads);
+              dram, same_size, weight_bytes / 1e6, s.threads);
   std::printf("ratio            decode reaches %.0f%% of the DRAM figure, %.0f%% of the "
               "same-size figure\n",
               100.0 * effective / dram, 100.0 * effective / same_size);

@@ -26,7 +26,8 @@ absl::Status Run(const Flags& flags) {
   if (want_mtp && T < 2) return absl::InvalidArgumentError("--mtp-out needs at least 2 tokens");
 
   const int64_t page = 64, pages = (T + page - 1) / page;
-  kernels::LatentCache cache(model.CacheShape(pages, page));
+  DSERVE_ASSIGN_OR_RETURN(kernels::LatentCache cache,
+                          model.ops().NewLatentCache(model.CacheShape(pages, page)));
   std::vector<int32_t> table(pages), positions(T), rows(T);
   std::iota(table.begin(), table.end(), 0);
   std::iota(positions.begin(), positions.end(), 0);

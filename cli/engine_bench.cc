@@ -394,7 +394,7 @@ absl::Status RunEngineBench(const Flags& flags, ModelSession& session) {
     }
   }
   const bool json = flags.GetBool("json");
-  const int threads = session.ops->num_threads();
+  const int threads = session.threads;
 
   // Runs interleave the settings (run 1 of each, then run 2 of each, ...) so that a noisy
   // host affects all of them alike; every figure is the median over runs.

@@ -1,5 +1,7 @@
 #include "cli/engine_flags.h"
 
+#include "cli/gpu_memory.h"
+
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -8,7 +10,12 @@ namespace dserve::cli {
 
 std::vector<FlagSpec> EngineFlags() {
   return {
-      {"kv-cache-gb", "memory for the latent KV cache (sets the number of pages)", "1"},
+      {"kv-cache-gb",
+       "memory for the latent KV cache (sets the number of pages; cpu default 1, cuda default: "
+       "from --gpu-memory-utilization)",
+       ""},
+      {"gpu-memory-utilization",
+       "cuda: share of the GPU's memory for weights, activations and the KV cache", "0.9"},
       {"kv-dtype", "bf16|f32: how cached latents are stored", "bf16"},
       {"page-size", "tokens per KV page", "64"},
       {"max-batched-tokens", "tokens per forward step over all sequences", "512"},
@@ -53,10 +60,19 @@ absl::StatusOr<std::vector<int>> ParseSpeculativeTokens(const Flags& flags) {
 absl::StatusOr<engine::EngineConfig> ParseEngineConfig(const Flags& flags,
                                                        const ModelSession& session) {
   engine::EngineConfig c;
-  if (!absl::SimpleAtod(flags.Get("kv-cache-gb"), &c.kv_cache_gb) || !(c.kv_cache_gb > 0)) {
+  const bool sized = flags.Has("kv-cache-gb");
+  if (sized &&
+      (!absl::SimpleAtod(flags.Get("kv-cache-gb"), &c.kv_cache_gb) || !(c.kv_cache_gb > 0))) {
     return absl::InvalidArgumentError(
         absl::StrCat("--kv-cache-gb must be a positive number, got '", flags.Get("kv-cache-gb"),
                      "'"));
+  }
+  double utilization = 0;
+  if (!absl::SimpleAtod(flags.Get("gpu-memory-utilization"), &utilization) ||
+      !(utilization > 0 && utilization <= 1)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--gpu-memory-utilization must be a number in (0, 1], got '",
+        flags.Get("gpu-memory-utilization"), "'"));
   }
   const std::string dtype = flags.Get("kv-dtype");
   if (dtype == "bf16") {
@@ -79,7 +95,11 @@ absl::StatusOr<engine::EngineConfig> ParseEngineConfig(const Flags& flags,
   }
   c.num_speculative_tokens = drafts[0];
   c.mla_mode = session.mla_mode;
-  c.sampler_threads = session.ops->num_threads();
+  c.sampler_threads = session.threads;
+  if (!sized && session.ops->device() == Device::kCuda) {
+    DSERVE_ASSIGN_OR_RETURN(const double bytes, GpuKvCacheBytes(session, c, utilization));
+    c.kv_cache_gb = bytes / (1ull << 30);
+  }
   return c;
 }
 

@@ -1,26 +1,45 @@
 #include "cli/model_session.h"
 
+#include <algorithm>
 #include <cstdio>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "core/check.h"
+#if DSERVE_HAS_CUDA
+#include "kernels/cuda/cuda_ops.h"
+#endif
 
 namespace dserve::cli {
 
 std::vector<FlagSpec> ModelFlags() {
   return {
       {"model", "checkpoint folder (Hugging Face layout)", "", false, true},
-      {"device", "cpu (the CUDA backend is not built yet)", "cpu"},
+      {"device",
+#if DSERVE_HAS_CUDA
+       "cpu|cuda: the backend (cuda: GPU 0; CUDA_VISIBLE_DEVICES picks it)",
+#else
+       "cpu (this build has no CUDA backend: build where nvcc is found)",
+#endif
+       "cpu"},
       {"threads", "CPU threads (0: one per core)", "0"},
       {"mla-mode", "auto|naive|absorbed: which MLA form attention uses", "auto"},
   };
 }
 
 absl::StatusOr<ModelSession> OpenModel(const Flags& flags) {
-  if (flags.Get("device") != "cpu") {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--device ", flags.Get("device"), " is not available: this build has the cpu backend only"));
+  const std::string device = flags.Get("device");
+  if (device != "cpu" && device != "cuda") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--device must be cpu or cuda, got '", device, "'"));
   }
+#if !DSERVE_HAS_CUDA
+  if (device == "cuda") {
+    return absl::InvalidArgumentError(
+        "--device cuda is not available: this build has no CUDA backend (configure with "
+        "nvcc on the PATH, or -DDSERVE_CUDA=ON)");
+  }
+#endif
   DSERVE_ASSIGN_OR_RETURN(int64_t threads, flags.GetInt("threads", 0, 1024));
   ModelSession s;
   const std::string mode = flags.Get("mla-mode");
@@ -32,7 +51,23 @@ absl::StatusOr<ModelSession> OpenModel(const Flags& flags) {
     return absl::InvalidArgumentError(
         absl::StrCat("--mla-mode must be auto, naive or absorbed, got '", mode, "'"));
   }
-  s.ops = std::make_unique<kernels::cpu::CpuOps>(static_cast<int>(threads));
+  if (device == "cpu") {
+    auto cpu = std::make_unique<kernels::cpu::CpuOps>(static_cast<int>(threads));
+    s.cpu = cpu.get();
+    s.threads = cpu->num_threads();
+    s.ops = std::move(cpu);
+  } else {
+#if DSERVE_HAS_CUDA
+    auto cuda = kernels::cuda::CudaOps::Create();
+    if (!cuda.ok()) {
+      return absl::Status(cuda.status().code(),
+                          absl::StrCat("--device cuda: ", cuda.status().message()));
+    }
+    s.ops = std::move(cuda).value();
+    s.threads = threads > 0 ? static_cast<int>(threads)
+                            : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+#endif
+  }
   DSERVE_ASSIGN_OR_RETURN(s.model, models::DeepseekModel::Load(flags.Get("model"), *s.ops));
   return s;
 }

@@ -16,7 +16,9 @@ namespace dserve::cli {
 std::vector<FlagSpec> ModelFlags();
 
 struct ModelSession {
-  std::unique_ptr<kernels::cpu::CpuOps> ops;
+  std::unique_ptr<kernels::Ops> ops;  // the backend --device chose
+  kernels::cpu::CpuOps* cpu = nullptr;  // ops, when it is the CPU backend
+  int threads = 1;  // CPU threads: the CPU backend's, and the engine's samplers
   std::unique_ptr<models::DeepseekModel> model;
   kernels::MlaMode mla_mode = kernels::MlaMode::kAuto;
 };

@@ -43,9 +43,8 @@ class StepBench {
       : model_(model), batch_(batch), context_(context), rng_(7) {
     const int64_t page = 64;
     const int64_t pages_per_seq = (context + max_new + page) / page;
-    kernels::LatentCacheShape shape = model.CacheShape(batch * pages_per_seq, page);
-    shape.dtype = DType::kBF16;
-    cache_ = kernels::LatentCache(shape);
+    shape_ = model.CacheShape(batch * pages_per_seq, page);
+    shape_.dtype = DType::kBF16;
     tables_.resize(batch);
     for (int64_t b = 0; b < batch; ++b) {
       tables_[b].resize(pages_per_seq);
@@ -55,6 +54,7 @@ class StepBench {
 
   // Fills every sequence's cache (main layers and the MTP layer) with a random prompt.
   absl::Status Prefill() {
+    DSERVE_ASSIGN_OR_RETURN(cache_, model_.ops().NewLatentCache(shape_));
     std::vector<int32_t> tokens = RandomTokens(batch_ * context_);
     std::vector<int32_t> positions;
     models::ForwardInput in;
@@ -106,6 +106,7 @@ class StepBench {
     Tensor hidden = Tensor::Zeros(DType::kF32, {batch_, model_.config().hidden_size});
     std::normal_distribution<float> normal;
     for (int64_t i = 0; i < hidden.numel(); ++i) hidden.data<float>()[i] = normal(rng_);
+    DSERVE_RETURN_IF_ERROR(model_.ops().PlaceTensor(hidden));
     models::MtpInput m;
     std::vector<int32_t> positions(batch_, static_cast<int32_t>(context_)), rows;
     for (int64_t b = 0; b < batch_; ++b) {
@@ -136,7 +137,8 @@ class StepBench {
   models::DeepseekModel& model_;
   int64_t batch_, context_;
   std::mt19937 rng_;
-  kernels::LatentCache cache_;
+  kernels::LatentCacheShape shape_;
+  kernels::LatentCache cache_;  // made by Prefill()
   std::vector<std::vector<int32_t>> tables_;
   models::ForwardOutput main_out_;
   std::vector<float> mtp_logits_;
@@ -252,7 +254,7 @@ absl::Status RunStepCosts(const Flags& flags, ModelSession& session) {
   const int layers = model.config().num_hidden_layers;
   std::printf("model %s: %d layers + MTP, vocab %lld, %d threads\n", flags.Get("model").c_str(),
               layers, static_cast<long long>(model.config().vocab_size),
-              session.ops->num_threads());
+              session.threads);
   for (int64_t batch : batches) {
     StepBench bench(model, batch, context, max_k + 1);
     DSERVE_RETURN_IF_ERROR(bench.Prefill());

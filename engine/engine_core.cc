@@ -1,6 +1,5 @@
 #include "engine/engine_core.h"
 
-#include <cstring>
 #include <optional>
 
 #include <algorithm>
@@ -69,21 +68,22 @@ absl::StatusOr<std::unique_ptr<EngineCore>> EngineCore::Create(models::DeepseekM
         "--kv-cache-gb ", config.kv_cache_gb, " holds no page of ", config.page_size,
         " tokens (", shape.page_bytes(), " bytes each)"));
   }
-  return std::unique_ptr<EngineCore>(new EngineCore(model, tokenizer, config, pages));
+  shape.num_pages = pages;
+  DSERVE_ASSIGN_OR_RETURN(kernels::LatentCache cache, model.ops().NewLatentCache(shape));
+  return std::unique_ptr<EngineCore>(new EngineCore(model, tokenizer, config, std::move(cache)));
 }
 
 EngineCore::EngineCore(models::DeepseekModel& model, const Tokenizer* tokenizer,
-                       const EngineConfig& config, int64_t num_pages)
+                       const EngineConfig& config, kernels::LatentCache cache)
     : model_(model),
       tokenizer_(tokenizer),
       config_(config),
+      cache_(std::move(cache)),
       sample_pool_(std::max(1, config.sampler_threads)) {
-  kernels::LatentCacheShape shape = model.CacheShape(num_pages, config.page_size);
-  shape.dtype = config.kv_dtype;
-  cache_ = kernels::LatentCache(shape);
+  const int64_t num_pages = cache_.shape().num_pages;
   kv_ = std::make_unique<KvCacheManager>(
       KvCacheConfig{num_pages, config.page_size, config.enable_prefix_caching},
-      [this](int32_t src, int32_t dst) { cache_.CopyPage(src, dst); });
+      [this](int32_t src, int32_t dst) { model_.ops().CopyCachePage(cache_, src, dst); });
   scheduler_ = std::make_unique<Scheduler>(config.scheduler, *kv_);
   runner_ = std::make_unique<ModelRunner>(model, cache_, *kv_, config.mla_mode);
 }
@@ -415,11 +415,10 @@ std::vector<SampledToken> EngineCore::SampleItem(Sequence& seq, const float* log
 }
 
 absl::Status EngineCore::Draft(const SchedulerOutput& work, const std::vector<int64_t>& valid_rows) {
-  const models::ModelConfig& c = model_.config();
   const RunnerOutput& run = run_;
   std::vector<int32_t> next_tokens, positions, logit_rows;
   std::vector<Sequence*> drafting;
-  std::vector<std::pair<int64_t, int64_t>> rows;  // [batch row, count] to gather
+  std::vector<int32_t> rows;  // the main model's batch rows to gather
   kernels::AttentionBatch batch;
   for (size_t w = 0; w < work.work.size(); ++w) {
     Sequence& seq = *work.work[w].seq;
@@ -438,7 +437,7 @@ absl::Status EngineCore::Draft(const SchedulerOutput& work, const std::vector<in
       next_tokens.push_back(seq.tokens[first + j + 1]);
       positions.push_back(static_cast<int32_t>(first + j));
     }
-    rows.emplace_back(run.batch_row[w], count);
+    for (int64_t j = 0; j < count; ++j) rows.push_back(static_cast<int32_t>(run.batch_row[w] + j));
     // A decoding sequence with room for two more tokens drafts the one after its next.
     if (first + count == seq.num_computed && seq.decoding() && seq.generated() > 0 &&
         seq.generated() + 1 < seq.params().max_tokens) {
@@ -447,14 +446,7 @@ absl::Status EngineCore::Draft(const SchedulerOutput& work, const std::vector<in
     }
   }
   if (next_tokens.empty()) return absl::OkStatus();
-  Tensor hidden = Tensor::Zeros(DType::kF32, {static_cast<int64_t>(next_tokens.size()),
-                                              c.hidden_size});
-  float* dst = hidden.data<float>();
-  for (const auto& [begin, count] : rows) {
-    std::memcpy(dst, run.hidden->data<float>() + begin * c.hidden_size,
-                static_cast<size_t>(count * c.hidden_size) * sizeof(float));
-    dst += count * c.hidden_size;
-  }
+  const Tensor hidden = GatherRows(*run.hidden, rows);
   batch.positions = positions;
   Tensor mtp_hidden;
   const bool chain = config_.num_speculative_tokens > 1 && !drafting.empty();
@@ -523,13 +515,10 @@ void EngineCore::AppendDrafts(const std::vector<Sequence*>& seqs) {
   }
 }
 
-Tensor EngineCore::GatherRows(const Tensor& t, std::span<const int32_t> rows) {
-  const int64_t width = t.dim(1);
-  Tensor out = Tensor::Zeros(DType::kF32, {static_cast<int64_t>(rows.size()), width});
-  for (size_t i = 0; i < rows.size(); ++i) {
-    std::memcpy(out.data<float>() + static_cast<int64_t>(i) * width,
-                t.data<float>() + rows[i] * width, static_cast<size_t>(width) * sizeof(float));
-  }
+Tensor EngineCore::GatherRows(const Tensor& t, std::span<const int32_t> rows) const {
+  kernels::Ops& ops = model_.ops();
+  Tensor out = ops.Empty(DType::kF32, {static_cast<int64_t>(rows.size()), t.dim(1)});
+  ops.GatherRows(t, rows, out);
   return out;
 }
 

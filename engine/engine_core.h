@@ -95,7 +95,7 @@ class EngineCore {
 
  private:
   EngineCore(models::DeepseekModel& model, const Tokenizer* tokenizer, const EngineConfig& config,
-             int64_t num_pages);
+             kernels::LatentCache cache);
 
   std::unique_ptr<Sequence> NewSequence(const std::shared_ptr<RequestState>& request, int index);
   // The ids the sampler must not pick yet (min_tokens) for the token after `generated` ones.
@@ -119,7 +119,8 @@ class EngineCore {
                       Tensor* hidden_out);
   // Appends the argmax of mtp_logits_ row i as the next draft of seqs[i].
   void AppendDrafts(const std::vector<Sequence*>& seqs);
-  static Tensor GatherRows(const Tensor& t, std::span<const int32_t> rows);
+  // Rows of a model output (on the model's device), through its backend.
+  Tensor GatherRows(const Tensor& t, std::span<const int32_t> rows) const;
   // Joins the outputs from `first` on (one sequence's tokens of this step) into one, as the
   // front ends stream a step's accepted drafts in one chunk.
   static void MergeOutputs(size_t first, std::vector<RequestOutput>* outputs);

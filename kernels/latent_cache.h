@@ -4,11 +4,14 @@
 // DeepSeek-V3, instead of full per-head K and V. Pages hold `page_size` consecutive tokens of
 // one sequence; a sequence's block table maps its logical pages to physical ones. Values are
 // stored in BF16 (the serving default: 1,152 bytes per token per layer in DeepSeek-V3) or F32.
+// The storage lives on the backend's device (Ops::NewLatentCache); the element accessors below
+// are for host (CPU backend) storage only.
 #pragma once
 
 #include <cstdint>
 #include <cstring>
 #include <span>
+#include <utility>
 #include <vector>
 
 #include "core/check.h"
@@ -46,12 +49,27 @@ class LatentCache {
     DSERVE_CHECK(shape.dtype == DType::kF32 || shape.dtype == DType::kBF16)
         << "latent cache dtype must be F32 or BF16, got " << DTypeName(shape.dtype);
   }
+  // Over storage a backend allocated (its device's memory), laid out as above.
+  LatentCache(const LatentCacheShape& shape, Tensor storage)
+      : shape_(shape), storage_(std::move(storage)) {
+    DSERVE_CHECK(shape.dtype == DType::kF32 || shape.dtype == DType::kBF16)
+        << "latent cache dtype must be F32 or BF16, got " << DTypeName(shape.dtype);
+    DSERVE_CHECK(storage_.bytes() == static_cast<size_t>(shape.num_pages * shape.page_bytes()))
+        << "latent cache storage of " << storage_.bytes() << " bytes for a shape of "
+        << shape.num_pages * shape.page_bytes();
+  }
 
   const LatentCacheShape& shape() const { return shape_; }
+  // [num_layers, num_pages, page_size, token_dim] in shape().dtype, on the backend's device.
+  const Tensor& storage() const { return storage_; }
+  // Element offset of (layer, page, slot) in storage().
+  int64_t Offset(int layer, int64_t page, int64_t slot) const {
+    return ((layer * shape_.num_pages + page) * shape_.page_size + slot) * shape_.token_dim();
+  }
 
   // Direct F32 access to one cached token (F32 caches only): the latent, then k_pe.
   float* Token(int layer, int64_t page, int64_t slot) const {
-    DSERVE_CHECK(shape_.dtype == DType::kF32) << "Token() needs an F32 cache";
+    DSERVE_CHECK(shape_.dtype == DType::kF32 && OnHost()) << "Token() needs an F32 host cache";
     return storage_.data<float>() + Offset(layer, page, slot);
   }
   // Cached token `index` of a sequence with this block table (F32 caches only).
@@ -62,6 +80,7 @@ class LatentCache {
   // Tokens [begin, begin + count) of a sequence as F32 rows of token_dim() values.
   void ReadTokens(int layer, std::span<const int32_t> block_table, int64_t begin, int64_t count,
                   float* dst) const {
+    DSERVE_CHECK(OnHost()) << "ReadTokens() needs a host cache";
     const int64_t D = shape_.token_dim();
     for (int64_t i = 0; i < count; ++i) {
       const int64_t index = begin + i;
@@ -78,6 +97,7 @@ class LatentCache {
   // Stores token_dim() F32 values as cached token `index` (rounded to nearest even for BF16).
   void WriteToken(int layer, std::span<const int32_t> block_table, int64_t index,
                   const float* src) const {
+    DSERVE_CHECK(OnHost()) << "WriteToken() needs a host cache";
     const int64_t D = shape_.token_dim();
     const int64_t off =
         Offset(layer, block_table[index / shape_.page_size], index % shape_.page_size);
@@ -88,8 +108,10 @@ class LatentCache {
       for (int64_t c = 0; c < D; ++c) dst[c] = FloatToBf16(src[c]);
     }
   }
-  // Copies page `src` over page `dst` in every layer (copy-on-write of a shared partial page).
+  // Copies page `src` over page `dst` in every layer (copy-on-write of a shared partial page);
+  // host storage (device caches copy through Ops::CopyCachePage).
   void CopyPage(int32_t src, int32_t dst) const {
+    DSERVE_CHECK(OnHost()) << "CopyPage() needs a host cache";
     const int64_t bytes = shape_.page_size * shape_.token_dim() * DTypeSize(shape_.dtype);
     uint8_t* base = static_cast<uint8_t*>(storage_.raw());
     for (int layer = 0; layer < shape_.num_layers; ++layer) {
@@ -99,10 +121,7 @@ class LatentCache {
   }
 
  private:
-  // Element offset of (layer, page, slot).
-  int64_t Offset(int layer, int64_t page, int64_t slot) const {
-    return ((layer * shape_.num_pages + page) * shape_.page_size + slot) * shape_.token_dim();
-  }
+  bool OnHost() const { return storage_.device() == Device::kCpu; }
 
   LatentCacheShape shape_;
   Tensor storage_;

@@ -1,6 +1,12 @@
 // Ops: the operations the DeepSeek network is written in. models/ calls only these; each
-// backend (kernels/cpu/, later kernels/cuda/) implements them on its own device memory.
+// backend (kernels/cpu/, kernels/cuda/) implements them on its own device memory.
 // Activations are F32 tensors [rows, features]; weights stay in their stored dtype.
+//
+// Ops return nothing: a backend that can fail at run time (the GPU: out of memory, a device
+// fault) records its first error, skips the work after it, and hands it over in TakeError(),
+// which the model calls at the end of every step. Host-side arguments (spans, the batch's
+// positions and block tables, RoPE tables) are host memory; tensors and weights are the
+// backend's.
 #pragma once
 
 #include <cstdint>
@@ -8,6 +14,8 @@
 #include <string_view>
 #include <vector>
 
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "core/tensor.h"
 #include "kernels/latent_cache.h"
 #include "kernels/router_config.h"
@@ -48,9 +56,36 @@ class Ops {
  public:
   virtual ~Ops() = default;
   virtual std::string_view name() const = 0;
+  // Where this backend's tensors live.
+  virtual Device device() const { return Device::kCpu; }
+  // The first error since the last call (and clears it); always OK on the CPU.
+  virtual absl::Status TakeError() { return absl::OkStatus(); }
+
+  // Moves a checkpoint weight / a small F32 tensor (norms, biases) into this backend's memory,
+  // once at load. The CPU backend uses the mapped checkpoint where it is.
+  virtual absl::Status PlaceWeight(Weight& w) {
+    (void)w;
+    return absl::OkStatus();
+  }
+  virtual absl::Status PlaceTensor(Tensor& t) {
+    (void)t;
+    return absl::OkStatus();
+  }
+  // A zero-filled latent cache on this backend's device.
+  virtual absl::StatusOr<LatentCache> NewLatentCache(const LatentCacheShape& shape) {
+    return LatentCache(shape);
+  }
+  // Copies page `src` over page `dst` in every layer (the engine's copy-on-write).
+  virtual void CopyCachePage(LatentCache& cache, int32_t src, int32_t dst) {
+    cache.CopyPage(src, dst);
+  }
 
   // New F32/I32 activation tensor on this backend's device.
   virtual Tensor Empty(DType dtype, std::vector<int64_t> shape) = 0;
+  // out[i, :] = x[rows[i], :] (F32; rows in host memory).
+  virtual void GatherRows(const Tensor& x, std::span<const int32_t> rows, Tensor& out) = 0;
+  // Copies a tensor's bytes into host memory once the work producing it is done.
+  virtual void CopyToHost(const Tensor& src, void* dst) = 0;
 
   // out[t, :] = table[ids[t], :] as F32.
   virtual void Embedding(const Weight& table, std::span<const int32_t> ids, Tensor& out) = 0;

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/check.h"
+#include "models/weight_placement.h"
 
 namespace dserve::models {
 
@@ -20,6 +21,7 @@ absl::StatusOr<std::unique_ptr<DeepseekModel>> DeepseekModel::Load(const std::st
   DSERVE_ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> checkpoint,
                           Checkpoint::Open(dir, show_progress));
   DSERVE_ASSIGN_OR_RETURN(ModelWeights weights, BindWeights(config, *checkpoint));
+  DSERVE_RETURN_IF_ERROR(PlaceWeights(ops, weights, show_progress));
   return std::unique_ptr<DeepseekModel>(
       new DeepseekModel(std::move(config), std::move(checkpoint), std::move(weights), ops));
 }
@@ -202,7 +204,7 @@ void DeepseekModel::Block(const BlockWeights& w, int layer, int cache_layer, con
     ids = ops_.Empty(DType::kI32, {T, router.top_k});
     expert_weights = ops_.Empty(DType::kF32, {T, router.top_k});
     ops_.MoeRoute(h, w.moe.router, w.moe.bias, router, ids, expert_weights);
-    if (ids.device() == Device::kCpu) expert_load_.Record(layer, ids.data<int32_t>(), ids.numel());
+    RecordExpertLoad(layer, ids);
     ffn = ops_.Empty(DType::kF32, {T, c.hidden_size});
     ops_.MoeExperts(h, w.moe.experts, ids, expert_weights, ffn);
     if (w.moe.shared) ops_.Add(ffn, Mlp(*w.moe.shared, h));
@@ -214,6 +216,16 @@ void DeepseekModel::Block(const BlockWeights& w, int layer, int cache_layer, con
   }
 }
 
+void DeepseekModel::RecordExpertLoad(int layer, const Tensor& ids) {
+  if (ids.device() == Device::kCpu) {
+    expert_load_.Record(layer, ids.data<int32_t>(), ids.numel());
+    return;
+  }
+  expert_ids_host_.resize(ids.numel());
+  ops_.CopyToHost(ids, expert_ids_host_.data());
+  expert_load_.Record(layer, expert_ids_host_.data(), ids.numel());
+}
+
 void DeepseekModel::Logits(const Weight& head, const Tensor& x, std::span<const int32_t> rows,
                            std::vector<float>* logits) {
   const int64_t n = static_cast<int64_t>(rows.size());
@@ -222,16 +234,18 @@ void DeepseekModel::Logits(const Weight& head, const Tensor& x, std::span<const 
   logits->resize(n * config_.vocab_size);
   if (n == 0) return;
   Tensor picked = ops_.Empty(DType::kF32, {n, config_.hidden_size});
-  for (int64_t i = 0; i < n; ++i) {
-    std::memcpy(picked.data<float>() + i * config_.hidden_size,
-                x.data<float>() + rows[i] * config_.hidden_size,
-                config_.hidden_size * sizeof(float));
+  ops_.GatherRows(x, rows, picked);
+  if (ops_.device() == Device::kCpu) {
+    // The LM head writes straight into the result.
+    Tensor out(std::make_shared<Buffer>(logits->data(), logits->size() * sizeof(float),
+                                        Device::kCpu, nullptr),
+               DType::kF32, {n, config_.vocab_size});
+    ops_.Linear(picked, head, out);
+    return;
   }
-  // The LM head writes straight into the result (host memory on the CPU backend).
-  Tensor out(std::make_shared<Buffer>(logits->data(), logits->size() * sizeof(float),
-                                      Device::kCpu, nullptr),
-             DType::kF32, {n, config_.vocab_size});
+  Tensor out = ops_.Empty(DType::kF32, {n, config_.vocab_size});
   ops_.Linear(picked, head, out);
+  ops_.CopyToHost(out, logits->data());
 }
 
 absl::Status DeepseekModel::Forward(const ForwardInput& in, LatentCache& cache,
@@ -248,7 +262,7 @@ absl::Status DeepseekModel::Forward(const ForwardInput& in, LatentCache& cache,
   out->hidden = ops_.Empty(DType::kF32, {T, c.hidden_size});
   ops_.RmsNorm(x, weights_.final_norm, static_cast<float>(c.rms_norm_eps), out->hidden);
   Logits(weights_.lm_head, out->hidden, in.logit_rows, &out->logits);
-  return absl::OkStatus();
+  return ops_.TakeError();
 }
 
 absl::Status DeepseekModel::ForwardMtp(const MtpInput& in, LatentCache& cache,
@@ -281,7 +295,7 @@ absl::Status DeepseekModel::ForwardMtp(const MtpInput& in, LatentCache& cache,
   ops_.RmsNorm(x, m.head_norm, eps, x);
   Logits(m.head, x, in.logit_rows, logits);
   if (in.hidden_out) *in.hidden_out = std::move(x);
-  return absl::OkStatus();
+  return ops_.TakeError();
 }
 
 absl::Status DeepseekModel::ForwardMtpOverPrompt(std::span<const int32_t> tokens,

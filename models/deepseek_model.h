@@ -65,6 +65,8 @@ class DeepseekModel {
                                                              bool show_progress = true);
 
   const ModelConfig& config() const { return config_; }
+  // The backend the model runs on (its tensors, caches and weights live on ops().device()).
+  kernels::Ops& ops() const { return ops_; }
   const ModelWeights& weights() const { return weights_; }
   const Checkpoint& checkpoint() const { return *checkpoint_; }
   bool has_mtp() const { return weights_.mtp.has_value(); }
@@ -107,6 +109,8 @@ class DeepseekModel {
   void Block(const BlockWeights& w, int layer, int cache_layer, const Step& step, Tensor& x);
   Tensor Attention(const AttentionWeights& w, int cache_layer, const Step& step, const Tensor& h);
   Tensor Mlp(const MlpWeights& w, const Tensor& h);
+  // Counts a MoE layer's routed tokens for the metrics (ids may be device memory).
+  void RecordExpertLoad(int layer, const Tensor& ids);
   // Logits of the chosen rows of x (already normed) through `head`, into *logits.
   void Logits(const Weight& head, const Tensor& x, std::span<const int32_t> rows,
               std::vector<float>* logits);
@@ -117,6 +121,7 @@ class DeepseekModel {
   kernels::Ops& ops_;
   RopeCache rope_;
   ExpertLoad expert_load_;
+  std::vector<int32_t> expert_ids_host_;  // RecordExpertLoad's staging for device ids
 };
 
 }  // namespace dserve::models

@@ -39,7 +39,8 @@ absl::StatusOr<GreedyResult> GreedyDecode(DeepseekModel& model, std::span<const 
         ") exceeds the model's context of ", c.max_position_embeddings, " tokens"));
   }
   const int64_t pages = (total + o.page_size - 1) / o.page_size;
-  kernels::LatentCache cache(model.CacheShape(pages, o.page_size));
+  DSERVE_ASSIGN_OR_RETURN(kernels::LatentCache cache,
+                          model.ops().NewLatentCache(model.CacheShape(pages, o.page_size)));
   std::vector<int32_t> block_table(pages);
   std::iota(block_table.begin(), block_table.end(), 0);
 

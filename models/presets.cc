@@ -68,6 +68,28 @@ Json TinyV3Config(bool fp8) {
   return c;
 }
 
+// Big enough that every projection takes the FP8 tensor-core GEMM on a GPU (each input width a
+// multiple of 512) and the MoE layer has V3's 8 groups: the GPU tests' larger model.
+Json SmallV3Config() {
+  Json c = TinyV3Config(true);
+  c["hidden_size"] = 2048;
+  c["intermediate_size"] = 4096;
+  c["moe_intermediate_size"] = 512;
+  c["n_routed_experts"] = 64;
+  c["num_experts_per_tok"] = 6;
+  c["n_group"] = 8;
+  c["topk_group"] = 4;
+  c["num_attention_heads"] = 16;
+  c["num_key_value_heads"] = 16;
+  c["num_hidden_layers"] = 2;
+  c["q_lora_rank"] = 1536;
+  c["kv_lora_rank"] = 512;
+  c["qk_nope_head_dim"] = 128;
+  c["qk_rope_head_dim"] = 64;
+  c["v_head_dim"] = 128;
+  return c;
+}
+
 // DeepSeek-V2-Lite's config.json shape: no q_lora, softmax scores, greedy top-k, two shared
 // experts, YaRN with mscale 0.707, BF16 weights, no MTP.
 Json TinyV2Config(const std::string& topk_method, int n_group, int topk_group) {
@@ -133,6 +155,11 @@ const std::vector<Preset>& AllPresets() {
        TinyV3Config(true)},
       {"tiny-v3-bf16", "tiny-v3 with every weight in BF16 (no quantization_config)",
        TinyV3Config(false)},
+      {"small-v3",
+       "DeepSeek-V3 layout with V3's attention dimensions (16 heads), hidden 2048, 2 layers (1 "
+       "dense), 64 experts of 512 (6 per token, 8 groups / top 4) + 1 shared, FP8, one MTP "
+       "layer: the GPU tests' larger model (2.6 GB)",
+       SmallV3Config()},
       {"tiny-v2",
        "DeepSeek-V2-Lite layout, hidden 256, 4 layers, no q_lora, softmax greedy routing, "
        "2 shared experts, BF16, no MTP",

@@ -168,6 +168,20 @@ void CpuOps::ConcatColumns(const Tensor& a, const Tensor& b, Tensor& out) {
   }
 }
 
+void CpuOps::GatherRows(const Tensor& x, std::span<const int32_t> rows, Tensor& out) {
+  const int64_t n = static_cast<int64_t>(rows.size()), width = x.dim(1);
+  CheckF32Matrix(out, n, width, "gathered rows");
+  for (int64_t i = 0; i < n; ++i) {
+    DSERVE_CHECK(rows[i] >= 0 && rows[i] < x.dim(0)) << "row " << rows[i] << " of " << x.dim(0);
+    std::memcpy(out.data<float>() + i * width, x.data<float>() + rows[i] * width,
+                width * sizeof(float));
+  }
+}
+
+void CpuOps::CopyToHost(const Tensor& src, void* dst) {
+  if (dst != src.raw()) std::memcpy(dst, src.raw(), src.bytes());
+}
+
 void ApplyRope(const float* in, float* out, const float* cos, const float* sin,
                int64_t rope_dim) {
   for (int64_t i = 0; i < rope_dim / 2; ++i) {

@@ -32,6 +32,8 @@ class CpuOps final : public Ops {
   void SiluMul(const Tensor& gate, const Tensor& up, Tensor& out) override;
   void Add(Tensor& x, const Tensor& y) override;
   void ConcatColumns(const Tensor& a, const Tensor& b, Tensor& out) override;
+  void GatherRows(const Tensor& x, std::span<const int32_t> rows, Tensor& out) override;
+  void CopyToHost(const Tensor& src, void* dst) override;
 
   void MlaWriteCache(const Tensor& kv_a, const Tensor& kv_norm, float eps, const RopeTable& rope,
                      const AttentionBatch& batch, LatentCache& cache, int layer) override;

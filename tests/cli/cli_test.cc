@@ -145,7 +145,7 @@ TEST(CliTest, BadInputGetsAClearErrorAndNonZeroExit) {
       {"generate --model " + v3 + " --tokens 1 --max-tokens 0", 2, "--max-tokens must be"},
       {"generate --model " + v3 + " --tokens 1 --bogus 3", 2, "unknown flag --bogus"},
       {"generate --model " + v3 + " --tokens 1 --mla-mode fast", 2, "--mla-mode must be"},
-      {"generate --model " + v3 + " --tokens 1 --device cuda", 2, "--device cuda"},
+      {"generate --model " + v3 + " --tokens 1 --device tpu", 2, "--device must be cpu or cuda"},
       {"generate --model /nonexistent/model --tokens 1", 2, "/nonexistent/model/config.json"},
       {"logits --model " + TestdataPath("micro-v2") + " --tokens 1,2 --out /tmp/x.npy --mtp-out "
        "/tmp/y.npy",
@@ -168,6 +168,18 @@ TEST(CliTest, BadInputGetsAClearErrorAndNonZeroExit) {
     const Result r = Dserve(c.args);
     EXPECT_EQ(r.code, c.code) << c.args << "\n" << r.output;
     EXPECT_TRUE(Contains(r.output, c.message)) << c.args << "\n" << r.output;
+  }
+}
+
+// Without a CUDA build or without a GPU, --device cuda says why and exits non-zero; with
+// one, it runs.
+TEST(CliTest, DeviceCudaRunsOrSaysWhyNot) {
+  const Result r = Dserve("generate --model " + TestdataPath("micro-v3") +
+                          " --tokens 1,2 --max-tokens 2 --device cuda");
+  if (r.code != 0) {
+    EXPECT_TRUE(Contains(r.output, "dserve generate: --device cuda")) << r.output;
+  } else {
+    EXPECT_TRUE(Contains(r.output, "decode:")) << r.output;
   }
 }
 

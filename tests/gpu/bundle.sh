@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Run here (the build machine): packs what the GPU machine needs into build/gpu-bundle — the GPU
-# test binaries and benchmarks built here, and the shared libraries they load that a bare CUDA
+# test binaries and benchmarks built here, the shared libraries they load that a bare CUDA
 # image lacks (Abseil, PCRE2, zlib, libstdc++, ...; not glibc, not the CUDA libraries, which the
-# device image has). Then: the device tool's `run` with carry ["build/gpu-bundle"] and the
+# device image has), and the tokenizer files (scripts/setup.sh fetched them). Then: the device tool's `run` with carry ["build/gpu-bundle"] and the
 # command `tests/gpu/run.sh`.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -25,4 +25,8 @@ done | sort -u | while read -r lib; do
     *) cp -L "$lib" "$out/lib/" ;;
   esac
 done
+# The GPU model tests generate checkpoints there, and the generator copies the tokenizer.
+tokenizer=${DSERVE_TOKENIZER_DIR:-${DSERVE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/dserve}/tokenizers/deepseek-v3}
+mkdir -p "$out/tokenizer"
+cp "$tokenizer/tokenizer.json" "$tokenizer/tokenizer_config.json" "$out/tokenizer/"
 du -sh "$out"

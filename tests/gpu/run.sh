@@ -6,6 +6,7 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 bundle=${1:-build/gpu-bundle}
 export LD_LIBRARY_PATH="$bundle/lib:${LD_LIBRARY_PATH:-}"
+export DSERVE_TOKENIZER_DIR="$bundle/tokenizer"
 log=$(mktemp -d)
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 status=0
@@ -44,4 +45,9 @@ done
 echo
 echo "== GPU suite =="
 printf '%s\n' "${rows[@]}"
+# The whole-model agreement figures (GPU logits against the CPU's).
+if [ -f "$log/gpu_model_test.txt" ]; then
+  echo "== model logits, GPU vs CPU =="
+  grep -E ' rel .*cosine' "$log/gpu_model_test.txt" || true
+fi
 exit $status

@@ -1,0 +1,81 @@
+#include "cli/gpu_memory.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <numeric>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#if DSERVE_HAS_CUDA
+#include "kernels/cuda/device_memory.h"
+#endif
+
+namespace dserve::cli {
+
+absl::StatusOr<double> GpuKvCacheBytes(const ModelSession& session,
+                                       const engine::EngineConfig& config, double utilization) {
+#if DSERVE_HAS_CUDA
+  if (!(utilization > 0 && utilization <= 1)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--gpu-memory-utilization must be in (0, 1], got ", utilization));
+  }
+  models::DeepseekModel& model = *session.model;
+  // The largest step: a full token budget of prefill in one sequence, with as many logit rows
+  // as the engine can ask for (every running sequence, each with its drafts), main model and
+  // MTP module. Its activations stay in the backend's pool afterwards, so the device's free
+  // memory then already excludes them.
+  const int64_t T = std::min<int64_t>(config.scheduler.max_batched_tokens,
+                                      model.config().max_position_embeddings);
+  const int64_t pages = (T + config.page_size - 1) / config.page_size;
+  kernels::LatentCacheShape shape = model.CacheShape(pages, config.page_size);
+  shape.dtype = config.kv_dtype;
+  DSERVE_ASSIGN_OR_RETURN(kernels::LatentCache cache, model.ops().NewLatentCache(shape));
+  std::vector<int32_t> tokens(T, 0), positions(T), table(pages);
+  std::iota(positions.begin(), positions.end(), 0);
+  std::iota(table.begin(), table.end(), 0);
+  const int64_t logit_rows = std::min<int64_t>(
+      T, config.scheduler.max_num_seqs * (1 + config.num_speculative_tokens));
+  std::vector<int32_t> rows(positions.end() - logit_rows, positions.end());
+  models::ForwardInput in;
+  in.tokens = tokens;
+  in.batch.positions = positions;
+  in.batch.sequences = {{0, T, 0, table}};
+  in.logit_rows = rows;
+  in.mla_mode = config.mla_mode;
+  models::ForwardOutput out;
+  DSERVE_RETURN_IF_ERROR(model.Forward(in, cache, &out));
+  if (model.has_mtp() && config.num_speculative_tokens > 0) {
+    models::MtpInput m;
+    m.next_tokens = tokens;
+    m.hidden = &out.hidden;
+    m.batch = in.batch;
+    m.logit_rows = rows;
+    m.mla_mode = config.mla_mode;
+    std::vector<float> logits;
+    DSERVE_RETURN_IF_ERROR(model.ForwardMtp(m, cache, &logits));
+  }
+  DSERVE_ASSIGN_OR_RETURN(const kernels::cuda::DeviceInfo info, kernels::cuda::GetDeviceInfo());
+  const double total = static_cast<double>(info.total_bytes);
+  const double in_use = total - static_cast<double>(info.free_bytes);
+  const double kv = total * utilization - in_use;
+  std::fprintf(stderr,
+               "GPU memory: %s, %.2f GB; weights + activations of a %lld-token step + runtime "
+               "%.2f GB; KV cache %.2f GB (--gpu-memory-utilization %.2f)\n",
+               info.name.c_str(), total / 1e9, static_cast<long long>(T), in_use / 1e9,
+               std::max(kv, 0.0) / 1e9, utilization);
+  if (kv <= 0) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "--gpu-memory-utilization ", utilization, " of ", total / 1e9, " GB leaves no room for "
+        "the KV cache: ", in_use / 1e9, " GB are in use (weights, activations, runtime); raise "
+        "it, or lower --max-batched-tokens / --max-num-seqs"));
+  }
+  return kv;
+#else
+  (void)session;
+  (void)config;
+  (void)utilization;
+  return absl::FailedPreconditionError("this build has no CUDA backend");
+#endif
+}
+
+}  // namespace dserve::cli

@@ -1,0 +1,132 @@
+// CudaOps' MLA: the latent-cache write and attention over the paged cache, with the per-row
+// metadata (positions, slots, causal key counts, block tables) built here on the host.
+#include <vector>
+
+#include "core/check.h"
+#include "kernels/cuda/cuda_ops.h"
+#include "kernels/cuda/mla_attention.h"
+#include "kernels/cuda/mla_cache.h"
+
+namespace dserve::kernels::cuda {
+
+void CudaOps::MlaWriteCache(const Tensor& kv_a, const Tensor& kv_norm, float eps,
+                            const RopeTable& rope, const AttentionBatch& batch, LatentCache& cache,
+                            int layer) {
+  if (!Begin()) return;
+  const LatentCacheShape& s = cache.shape();
+  const int64_t T = kv_a.dim(0);
+  DSERVE_CHECK(kv_a.dim(1) == s.kv_lora_rank + s.rope_dim) << "kv_a " << kv_a.ShapeString();
+  DSERVE_CHECK(layer >= 0 && layer < s.num_layers) << "layer " << layer;
+  DSERVE_CHECK(static_cast<int64_t>(batch.positions.size()) == T) << "positions for every row";
+  DSERVE_CHECK(cache.storage().device() == Device::kCuda) << "the latent cache is not on cuda";
+  std::vector<int64_t> offsets;
+  offsets.reserve(T);
+  for (const SequenceSlice& seq : batch.sequences) {
+    DSERVE_CHECK(static_cast<int64_t>(seq.block_table.size()) * s.page_size >=
+                 seq.cached_tokens + seq.num_tokens)
+        << "block table of " << seq.block_table.size() << " pages cannot hold "
+        << seq.cached_tokens + seq.num_tokens << " tokens";
+    for (int64_t i = 0; i < seq.num_tokens; ++i) {
+      const int64_t index = seq.cached_tokens + i;
+      offsets.push_back(
+          cache.Offset(layer, seq.block_table[index / s.page_size], index % s.page_size));
+    }
+  }
+  DSERVE_CHECK(static_cast<int64_t>(offsets.size()) == T) << "slices must cover the rows";
+  for (int32_t pos : batch.positions) {
+    DSERVE_CHECK(pos >= 0 && pos < rope.num_positions) << "position " << pos;
+  }
+  if (T == 0) return;
+  StageRope(rope);
+  const void* d_pos = Stage(positions_, batch.positions.data(), batch.positions.size_bytes());
+  const void* d_off = Stage(offsets_, offsets.data(), offsets.size() * sizeof(int64_t));
+  if (Failed()) return;
+  MlaCacheWrite p;
+  p.kv_a = kv_a.data<float>();
+  p.rows = T;
+  p.kv_lora = s.kv_lora_rank;
+  p.rope_dim = s.rope_dim;
+  p.kv_norm = kv_norm.data<float>();
+  p.eps = eps;
+  p.cos = rope_cos_.data<float>();
+  p.sin = rope_sin_.data<float>();
+  p.positions = static_cast<const int32_t*>(d_pos);
+  p.slot_offsets = static_cast<const int64_t*>(d_off);
+  p.cache = cache.storage().raw();
+  p.bf16 = s.dtype == DType::kBF16;
+  RecordLaunch(LaunchMlaWriteCache(p, stream_), "MlaWriteCache");
+}
+
+// Every slice takes the absorbed form here, whatever MlaParams::mode says: it is the same
+// function (the CPU tests check both forms against each other), and the GPU's straightforward
+// kernel has one form; a naive-form prefill kernel belongs to the fast MLA work.
+void CudaOps::MlaAttention(const MlaParams& p, const Tensor& q, Tensor& out) {
+  if (!Begin()) return;
+  DSERVE_CHECK(p.batch && p.cache && p.kv_b && p.rope) << "MlaParams incomplete";
+  const LatentCacheShape& s = p.cache->shape();
+  const int64_t T = q.dim(0), H = p.num_heads;
+  DSERVE_CHECK(p.kv_b->rows == H * (p.nope_dim + p.v_dim) && p.kv_b->cols == s.kv_lora_rank)
+      << "kv_b is [" << p.kv_b->rows << ", " << p.kv_b->cols << "]";
+  DSERVE_CHECK(p.rope_dim == s.rope_dim) << "rope_dim " << p.rope_dim;
+  CheckF32(q, T, H * (p.nope_dim + p.rope_dim), "MLA queries");
+  CheckF32(out, T, H * p.v_dim, "MLA output");
+  DSERVE_CHECK(static_cast<int64_t>(p.batch->positions.size()) == T) << "positions for every row";
+  // Per row: how many cached tokens it sees (causal) and where its block table starts.
+  std::vector<int32_t> rows(2 * T);
+  std::vector<int32_t> tables;
+  int64_t covered = 0;
+  for (const SequenceSlice& seq : p.batch->sequences) {
+    DSERVE_CHECK(seq.row_begin == covered) << "slices must tile the rows in order";
+    DSERVE_CHECK(static_cast<int64_t>(seq.block_table.size()) * s.page_size >=
+                 seq.cached_tokens + seq.num_tokens)
+        << "block table too short";
+    for (int32_t page : seq.block_table) {
+      DSERVE_CHECK(page >= 0 && page < s.num_pages) << "page " << page;
+    }
+    for (int64_t i = 0; i < seq.num_tokens; ++i) {
+      rows[seq.row_begin + i] = static_cast<int32_t>(seq.cached_tokens + i + 1);
+      rows[T + seq.row_begin + i] = static_cast<int32_t>(tables.size());
+    }
+    tables.insert(tables.end(), seq.block_table.begin(), seq.block_table.end());
+    covered += seq.num_tokens;
+  }
+  DSERVE_CHECK(covered == T) << "slices cover " << covered << " of " << T << " rows";
+  for (int32_t pos : p.batch->positions) {
+    DSERVE_CHECK(pos >= 0 && pos < p.rope->num_positions) << "position " << pos;
+  }
+  if (T == 0) return;
+  StageRope(*p.rope);
+  const void* d_pos = Stage(positions_, p.batch->positions.data(),
+                            p.batch->positions.size_bytes());
+  const void* d_rows = Stage(mla_rows_, rows.data(), rows.size() * sizeof(int32_t));
+  const void* d_tables = Stage(mla_tables_, tables.data(), tables.size() * sizeof(int32_t));
+  Tensor workspace = Empty(
+      DType::kF32,
+      {static_cast<int64_t>(MlaAttentionWorkspaceFloats(T, H, s.kv_lora_rank, s.rope_dim))});
+  if (Failed()) return;
+  MlaAttentionParams a;
+  a.q = q.data<float>();
+  a.rows = T;
+  a.heads = H;
+  a.nope_dim = p.nope_dim;
+  a.rope_dim = p.rope_dim;
+  a.v_dim = p.v_dim;
+  a.kv_lora = s.kv_lora_rank;
+  a.kv_b = ViewOf(*p.kv_b);
+  a.cos = rope_cos_.data<float>();
+  a.sin = rope_sin_.data<float>();
+  a.positions = static_cast<const int32_t*>(d_pos);
+  a.row_keys = static_cast<const int32_t*>(d_rows);
+  a.row_table = static_cast<const int32_t*>(d_rows) + T;
+  a.block_tables = static_cast<const int32_t*>(d_tables);
+  a.cache = static_cast<const uint8_t*>(p.cache->storage().raw()) +
+            p.cache->Offset(p.layer, 0, 0) * DTypeSize(s.dtype);
+  a.cache_bf16 = s.dtype == DType::kBF16;
+  a.page_size = s.page_size;
+  a.softmax_scale = p.softmax_scale;
+  a.workspace = workspace.data<float>();
+  a.out = out.data<float>();
+  RecordLaunch(LaunchMlaAttention(a, stream_), "MlaAttention");
+}
+
+}  // namespace dserve::kernels::cuda

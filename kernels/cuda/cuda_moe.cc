@@ -1,0 +1,113 @@
+// CudaOps' DeepSeekMoE: the gate (router logits in F32, then the routing kernel) and a
+// straightforward expert computation — the routed tokens are grouped by expert on the host
+// and each expert with tokens runs gather, gate/up, SwiGLU, down and a weighted add on the
+// device. One expert after another, in expert order, as the CPU op adds them. The grouped
+// GEMM over all experts at once is the MoE speed work (issue "CUDA backend, part 3").
+#include <algorithm>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "core/check.h"
+#include "kernels/cuda/cuda_ops.h"
+#include "kernels/cuda/elementwise.h"
+#include "kernels/cuda/linear.h"
+#include "kernels/cuda/moe_route.h"
+#include "kernels/cuda/row_moves.h"
+
+namespace dserve::kernels::cuda {
+
+void CudaOps::MoeRoute(const Tensor& x, const Weight& router, const Tensor& bias,
+                       const RouterConfig& config, Tensor& ids, Tensor& weights) {
+  if (!Begin()) return;
+  const int64_t T = x.dim(0);
+  const int E = config.num_experts, K = config.top_k;
+  DSERVE_CHECK(router.rows == E && router.cols == x.dim(1)) << "router shape";
+  DSERVE_CHECK(ids.dtype() == DType::kI32 && ids.numel() == T * K) << "ids " << ids.ShapeString();
+  DSERVE_CHECK(weights.numel() == T * K) << "weights " << weights.ShapeString();
+  DSERVE_CHECK(bias.empty() || (bias.numel() == E && bias.device() == Device::kCuda))
+      << "bias " << bias.ShapeString();
+  if (T == 0) return;
+  // Routing decisions are discrete: the logits come from the exact kernel (F32, like the
+  // CPU's), never from the FP8 tensor-core path, so both backends pick the same experts.
+  Tensor logits = Empty(DType::kF32, {T, E});
+  if (Failed()) return;
+  RecordLaunch(LaunchLinear(x.data<float>(), T, ViewOf(router), logits.data<float>(), stream_),
+               "router logits");
+  if (Failed()) return;
+  RecordLaunch(LaunchMoeRoute(logits.data<float>(), bias.empty() ? nullptr : bias.data<float>(),
+                              config, T, ids.data<int32_t>(), weights.data<float>(), stream_),
+               "MoeRoute");
+}
+
+void CudaOps::MoeExperts(const Tensor& x, std::span<const MlpWeights> experts, const Tensor& ids,
+                         const Tensor& weights, Tensor& out) {
+  if (!Begin()) return;
+  const int64_t T = x.dim(0), H = x.dim(1);
+  const int64_t K = T > 0 ? ids.numel() / T : 0;
+  const int E = static_cast<int>(experts.size());
+  CheckF32(out, T, H, "moe output");
+  DSERVE_CHECK(ids.numel() == T * K && weights.numel() == T * K) << "ids/weights per token";
+  if (T == 0) return;
+  RecordLaunch(cudaMemsetAsync(out.raw(), 0, out.bytes(), stream_), "cudaMemsetAsync");
+  // The routing is read back once (a few bytes per token) to group tokens by expert.
+  std::vector<int32_t> host_ids(T * K);
+  std::vector<float> host_weights(T * K);
+  CopyToHost(ids, host_ids.data());
+  CopyToHost(weights, host_weights.data());
+  if (Failed()) return;
+  std::vector<int32_t> count(E + 1, 0);
+  for (int32_t e : host_ids) {
+    if (e < 0 || e >= E) {
+      Record(absl::InternalError(absl::StrCat("the router chose expert ", e, " of ", E)));
+      return;
+    }
+    ++count[e + 1];
+  }
+  for (int e = 0; e < E; ++e) count[e + 1] += count[e];  // now each expert's first entry
+  // Token rows and weights sorted by expert, tokens ascending within one.
+  std::vector<int32_t> tokens(T * K);
+  std::vector<float> scales(T * K);
+  std::vector<int32_t> next(count.begin(), count.end() - 1);
+  int64_t most = 0;
+  for (int64_t t = 0; t < T; ++t) {
+    for (int64_t k = 0; k < K; ++k) {
+      const int32_t slot = next[host_ids[t * K + k]]++;
+      tokens[slot] = static_cast<int32_t>(t);
+      scales[slot] = host_weights[t * K + k];
+    }
+  }
+  for (int e = 0; e < E; ++e) most = std::max<int64_t>(most, count[e + 1] - count[e]);
+  const int32_t* d_tokens =
+      static_cast<const int32_t*>(Stage(moe_rows_, tokens.data(), tokens.size() * 4));
+  const float* d_scales =
+      static_cast<const float*>(Stage(moe_scales_, scales.data(), scales.size() * 4));
+  const int64_t I = experts[0].gate.rows;
+  Tensor xs = Empty(DType::kF32, {most, H});
+  Tensor gate = Empty(DType::kF32, {most, I});
+  Tensor up = Empty(DType::kF32, {most, I});
+  Tensor ys = Empty(DType::kF32, {most, H});
+  for (int e = 0; e < E && !Failed(); ++e) {
+    const int64_t n = count[e + 1] - count[e];
+    if (n == 0) continue;
+    const MlpWeights& m = experts[e];
+    DSERVE_CHECK(m.gate.rows == I && m.up.rows == I && m.gate.cols == H && m.down.rows == H &&
+                 m.down.cols == I)
+        << "expert " << e << " shapes";
+    RecordLaunch(LaunchGatherRows(x.data<float>(), H, d_tokens + count[e], n, xs.data<float>(),
+                                  stream_),
+                 "gathering an expert's tokens");
+    LinearInto(xs.data<float>(), n, m.gate, gate.data<float>());
+    LinearInto(xs.data<float>(), n, m.up, up.data<float>());
+    if (Failed()) return;
+    RecordLaunch(LaunchSiluMul(gate.data<float>(), up.data<float>(), n * I, gate.data<float>(),
+                               stream_),
+                 "SiluMul");
+    LinearInto(gate.data<float>(), n, m.down, ys.data<float>());
+    if (Failed()) return;
+    RecordLaunch(LaunchScatterAddScaled(ys.data<float>(), H, d_tokens + count[e],
+                                        d_scales + count[e], n, out.data<float>(), stream_),
+                 "adding an expert's outputs");
+  }
+}
+
+}  // namespace dserve::kernels::cuda

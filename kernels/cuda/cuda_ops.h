@@ -1,0 +1,114 @@
+// CudaOps: kernels::Ops on one NVIDIA GPU (Hopper, sm_90a). Owns the stream every op runs on,
+// the cuBLASLt handle, the stream-ordered pool activations come from, and device copies of
+// the per-step metadata (token ids, positions, block tables, RoPE tables).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <cuda_runtime_api.h>
+
+#include "absl/status/statusor.h"
+#include "kernels/cuda/blas_lt.h"
+#include "kernels/cuda/weight_view.h"
+#include "kernels/ops.h"
+
+namespace dserve::kernels::cuda {
+
+// How FP8 and BF16 projections multiply.
+enum class GemmMode {
+  // DeepSeek's inference arithmetic: activations quantised per 1x128 group and the
+  // block-scaled FP8 GEMM on the tensor cores through cuBLASLt (BF16 products for BF16
+  // weights), where the shape allows it (k a multiple of 512 for FP8, of 8 for BF16; n of 8).
+  kTensorCores,
+  // Every projection in the straightforward kernel: F32 activations, weights dequantised
+  // exactly, F32 accumulation — the CPU backend's arithmetic (tests compare the two tightly).
+  kExact,
+};
+
+struct CudaOpsOptions {
+  int device = 0;
+  GemmMode gemm = GemmMode::kTensorCores;
+};
+
+class CudaOps final : public Ops {
+ public:
+  // Fails with the reason when no usable GPU is visible.
+  static absl::StatusOr<std::unique_ptr<CudaOps>> Create(const CudaOpsOptions& options = {});
+  ~CudaOps() override;
+  CudaOps(const CudaOps&) = delete;
+  CudaOps& operator=(const CudaOps&) = delete;
+
+  std::string_view name() const override { return "cuda"; }
+  Device device() const override { return Device::kCuda; }
+  absl::Status TakeError() override;
+  cudaStream_t stream() const { return stream_; }
+  const CudaOpsOptions& options() const { return options_; }
+
+  absl::Status PlaceWeight(Weight& w) override;
+  absl::Status PlaceTensor(Tensor& t) override;
+  absl::StatusOr<LatentCache> NewLatentCache(const LatentCacheShape& shape) override;
+  void CopyCachePage(LatentCache& cache, int32_t src, int32_t dst) override;
+
+  Tensor Empty(DType dtype, std::vector<int64_t> shape) override;
+  void GatherRows(const Tensor& x, std::span<const int32_t> rows, Tensor& out) override;
+  void CopyToHost(const Tensor& src, void* dst) override;
+  void Embedding(const Weight& table, std::span<const int32_t> ids, Tensor& out) override;
+  void RmsNorm(const Tensor& x, const Tensor& weight, float eps, Tensor& out) override;
+  void AddRmsNorm(Tensor& residual, const Tensor& delta, const Tensor& weight, float eps,
+                  Tensor& out) override;
+  void Linear(const Tensor& x, const Weight& w, Tensor& out) override;
+  void SiluMul(const Tensor& gate, const Tensor& up, Tensor& out) override;
+  void Add(Tensor& x, const Tensor& y) override;
+  void ConcatColumns(const Tensor& a, const Tensor& b, Tensor& out) override;
+
+  void MlaWriteCache(const Tensor& kv_a, const Tensor& kv_norm, float eps, const RopeTable& rope,
+                     const AttentionBatch& batch, LatentCache& cache, int layer) override;
+  void MlaAttention(const MlaParams& params, const Tensor& q, Tensor& out) override;
+
+  void MoeRoute(const Tensor& x, const Weight& router, const Tensor& bias,
+                const RouterConfig& config, Tensor& ids, Tensor& weights) override;
+  void MoeExperts(const Tensor& x, std::span<const MlpWeights> experts, const Tensor& ids,
+                  const Tensor& weights, Tensor& out) override;
+
+ private:
+  CudaOps(const CudaOpsOptions& options, cudaStream_t stream, std::unique_ptr<BlasLt> blas);
+
+  // Keeps the first error; ops after it do nothing until TakeError().
+  bool Failed() const { return !error_.ok(); }
+  // Programmer errors: a tensor of the wrong dtype, shape or device.
+  static void CheckF32(const Tensor& t, int64_t rows, int64_t cols, const char* what);
+  // Every op starts here: false after an error; selects the device on the calling thread.
+  bool Begin();
+  void Record(absl::Status status);
+  void RecordLaunch(cudaError_t error, const char* what);
+  // A device copy of host bytes for this step's kernels (ids, offsets, tables), in a buffer
+  // reused while the bytes are the same as last time (every layer of a step reuses them).
+  struct Staged {
+    std::vector<uint8_t> host;
+    Tensor device;
+  };
+  const void* Stage(Staged& slot, const void* bytes, size_t size);
+  // The RoPE tables on the device (uploaded when the model's table grows).
+  void StageRope(const RopeTable& rope);
+  void LinearInto(const float* x, int64_t m, const Weight& w, float* out);
+  // The block-scaled FP8 / BF16 tensor-core products; false when the shape does not fit.
+  bool LinearFp8(const float* x, int64_t m, const Weight& w, float* out);
+  bool LinearBf16(const float* x, int64_t m, const Weight& w, float* out);
+
+  CudaOpsOptions options_;
+  cudaStream_t stream_;
+  std::unique_ptr<BlasLt> blas_;
+  absl::Status error_;
+  Staged ids_, rows_, positions_, offsets_, mla_rows_, mla_tables_, moe_rows_, moe_scales_;
+  const float* rope_host_ = nullptr;  // the table last uploaded, identified by address and size
+  int64_t rope_positions_ = 0;
+  Tensor rope_cos_, rope_sin_;
+};
+
+// A checkpoint weight as the kernels see it (its data and scales on the device).
+WeightView ViewOf(const Weight& w);
+
+}  // namespace dserve::kernels::cuda
