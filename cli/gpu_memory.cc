@@ -12,20 +12,14 @@
 
 namespace dserve::cli {
 
-absl::StatusOr<double> GpuKvCacheBytes(const ModelSession& session,
-                                       const engine::EngineConfig& config, double utilization) {
+namespace {
+
 #if DSERVE_HAS_CUDA
-  if (!(utilization > 0 && utilization <= 1)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--gpu-memory-utilization must be in (0, 1], got ", utilization));
-  }
-  models::DeepseekModel& model = *session.model;
-  // The largest step: a full token budget of prefill in one sequence, with as many logit rows
-  // as the engine can ask for (every running sequence, each with its drafts), main model and
-  // MTP module. Its activations stay in the backend's pool afterwards, so the device's free
-  // memory then already excludes them.
-  const int64_t T = std::min<int64_t>(config.scheduler.max_batched_tokens,
-                                      model.config().max_position_embeddings);
+// The largest step: a full token budget of prefill in one sequence, with as many logit rows
+// as the engine can ask for (every running sequence, each with its drafts), main model and
+// MTP module, on a cache of its own that is gone again when this returns.
+absl::Status RunLargestStep(models::DeepseekModel& model, const engine::EngineConfig& config,
+                            int64_t T) {
   const int64_t pages = (T + config.page_size - 1) / config.page_size;
   kernels::LatentCacheShape shape = model.CacheShape(pages, config.page_size);
   shape.dtype = config.kv_dtype;
@@ -54,6 +48,25 @@ absl::StatusOr<double> GpuKvCacheBytes(const ModelSession& session,
     std::vector<float> logits;
     DSERVE_RETURN_IF_ERROR(model.ForwardMtp(m, cache, &logits));
   }
+  return absl::OkStatus();
+}
+#endif
+
+}  // namespace
+
+absl::StatusOr<double> GpuKvCacheBytes(const ModelSession& session,
+                                       const engine::EngineConfig& config, double utilization) {
+#if DSERVE_HAS_CUDA
+  if (!(utilization > 0 && utilization <= 1)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--gpu-memory-utilization must be in (0, 1], got ", utilization));
+  }
+  models::DeepseekModel& model = *session.model;
+  // The largest step's activations stay in the backend's pool afterwards, so the device's
+  // free memory then already excludes them.
+  const int64_t T = std::min<int64_t>(config.scheduler.max_batched_tokens,
+                                      model.config().max_position_embeddings);
+  DSERVE_RETURN_IF_ERROR(RunLargestStep(model, config, T));
   DSERVE_ASSIGN_OR_RETURN(const kernels::cuda::DeviceInfo info, kernels::cuda::GetDeviceInfo());
   const double total = static_cast<double>(info.total_bytes);
   const double in_use = total - static_cast<double>(info.free_bytes);

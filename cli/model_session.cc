@@ -22,6 +22,10 @@ std::vector<FlagSpec> ModelFlags() {
        "cpu (this build has no CUDA backend: build where nvcc is found)",
 #endif
        "cpu"},
+      {"cuda-gemm",
+       "tensor-cores|exact: how --device cuda multiplies FP8/BF16 weights (tensor-cores: FP8 "
+       "activations as DeepSeek serves; exact: F32 like the CPU backend, slower)",
+       "tensor-cores"},
       {"threads", "CPU threads (0: one per core)", "0"},
       {"mla-mode", "auto|naive|absorbed: which MLA form attention uses", "auto"},
   };
@@ -40,6 +44,11 @@ absl::StatusOr<ModelSession> OpenModel(const Flags& flags) {
         "nvcc on the PATH, or -DDSERVE_CUDA=ON)");
   }
 #endif
+  const std::string gemm = flags.Get("cuda-gemm");
+  if (gemm != "tensor-cores" && gemm != "exact") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--cuda-gemm must be tensor-cores or exact, got '", gemm, "'"));
+  }
   DSERVE_ASSIGN_OR_RETURN(int64_t threads, flags.GetInt("threads", 0, 1024));
   ModelSession s;
   const std::string mode = flags.Get("mla-mode");
@@ -58,7 +67,10 @@ absl::StatusOr<ModelSession> OpenModel(const Flags& flags) {
     s.ops = std::move(cpu);
   } else {
 #if DSERVE_HAS_CUDA
-    auto cuda = kernels::cuda::CudaOps::Create();
+    kernels::cuda::CudaOpsOptions options;
+    options.gemm = gemm == "exact" ? kernels::cuda::GemmMode::kExact
+                                   : kernels::cuda::GemmMode::kTensorCores;
+    auto cuda = kernels::cuda::CudaOps::Create(options);
     if (!cuda.ok()) {
       return absl::Status(cuda.status().code(),
                           absl::StrCat("--device cuda: ", cuda.status().message()));

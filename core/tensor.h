@@ -3,9 +3,11 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <initializer_list>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/check.h"
@@ -18,9 +20,9 @@ enum class Device : uint8_t { kCpu, kCuda };
 // A block of device memory released by its deleter when the last Tensor viewing it goes.
 class Buffer {
  public:
-  using Deleter = void (*)(void*);
+  using Deleter = std::function<void(void*)>;
   Buffer(void* data, size_t bytes, Device device, Deleter deleter)
-      : data_(data), bytes_(bytes), device_(device), deleter_(deleter) {}
+      : data_(data), bytes_(bytes), device_(device), deleter_(std::move(deleter)) {}
   ~Buffer() {
     if (deleter_ && data_) deleter_(data_);
   }

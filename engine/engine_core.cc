@@ -349,7 +349,10 @@ absl::Status EngineCore::Step(std::vector<RequestOutput>* outputs) {
   }
   const auto sampled_at = std::chrono::steady_clock::now();
   if (config_.num_speculative_tokens > 0) {
-    const absl::Status drafted = Draft(work, valid_rows);
+    absl::Status drafted = Draft(work, valid_rows);
+    // An error the backend recorded after the last MTP pass (a gather running out of memory)
+    // belongs to drafting too, not to the next step.
+    if (drafted.ok()) drafted = model_.ops().TakeError();
     // A failed draft costs only speed: the sequences decode on without one.
     if (!drafted.ok()) DropAllDrafts();
   }

@@ -87,6 +87,7 @@ absl::Status BlasLt::Run(Kind kind, const GemmParams& p, cudaStream_t stream) {
     return absl::InvalidArgumentError(
         absl::StrCat("FP8 GEMM: n must be a multiple of 8 (16-byte BF16 output rows), got ", p.n));
   }
+  if (fp8 && p.out_f32) return absl::InvalidArgumentError("FP8 GEMMs write BF16 here");
   if (fp8 && (!p.x_scales || !p.w_scales)) {
     return absl::InvalidArgumentError("FP8 GEMM: x_scales and w_scales are required");
   }
@@ -113,9 +114,10 @@ absl::Status BlasLt::Run(Kind kind, const GemmParams& p, cudaStream_t stream) {
   Layout a, b, d;
   DSERVE_CUBLAS_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&a.d, in_type, p.k, p.n, p.k));
   DSERVE_CUBLAS_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&b.d, in_type, p.k, p.m, p.k));
-  DSERVE_CUBLAS_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&d.d, CUDA_R_16BF, p.n, p.m, p.n));
+  DSERVE_CUBLAS_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(
+      &d.d, p.out_f32 ? CUDA_R_32F : CUDA_R_16BF, p.n, p.m, p.n));
 
-  const auto key = std::make_tuple(static_cast<int>(kind), p.m, p.n, p.k);
+  const auto key = std::make_tuple(static_cast<int>(kind), p.out_f32, p.m, p.n, p.k);
   auto it = algos_.find(key);
   if (it == algos_.end()) {
     Preference pref;

@@ -33,7 +33,9 @@ struct GemmParams {
   // Fp8BlockScaled: [ceil(n / 128), k / 128] F32 (weight_scale_inv as published).
   // Fp8TensorScaled: one F32.
   const float* w_scales = nullptr;
-  void* out = nullptr;  // [m, n] BF16
+  void* out = nullptr;  // [m, n] BF16, or F32 with out_f32
+  // Bf16 only: F32 products (the LM head's logits keep F32 precision, as the CPU's do).
+  bool out_f32 = false;
 };
 
 // Not thread-safe: one workspace and algorithm cache; use one BlasLt per stream.
@@ -55,8 +57,8 @@ class BlasLt {
 
   cublasLtHandle_t handle_;
   Tensor workspace_;
-  // The heuristic's choice per (kind, m, n, k), so a shape pays for the search once.
-  std::map<std::tuple<int, int64_t, int64_t, int64_t>, cublasLtMatmulAlgo_t> algos_;
+  // The heuristic's choice per (kind, F32 out, m, n, k), so a shape pays for the search once.
+  std::map<std::tuple<int, bool, int64_t, int64_t, int64_t>, cublasLtMatmulAlgo_t> algos_;
 };
 
 }  // namespace dserve::kernels::cuda

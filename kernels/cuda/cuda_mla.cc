@@ -21,15 +21,24 @@ void CudaOps::MlaWriteCache(const Tensor& kv_a, const Tensor& kv_norm, float eps
   DSERVE_CHECK(cache.storage().device() == Device::kCuda) << "the latent cache is not on cuda";
   std::vector<int64_t> offsets;
   offsets.reserve(T);
+  CheckF32(kv_a, T, s.kv_lora_rank + s.rope_dim, "kv_a");
+  DSERVE_CHECK(kv_norm.numel() == s.kv_lora_rank && kv_norm.device() == Device::kCuda &&
+               kv_norm.dtype() == DType::kF32)
+      << "kv_a_layernorm weight " << kv_norm.ShapeString();
   for (const SequenceSlice& seq : batch.sequences) {
+    DSERVE_CHECK(seq.row_begin == static_cast<int64_t>(offsets.size()))
+        << "slices must tile the rows in order";
     DSERVE_CHECK(static_cast<int64_t>(seq.block_table.size()) * s.page_size >=
                  seq.cached_tokens + seq.num_tokens)
         << "block table of " << seq.block_table.size() << " pages cannot hold "
         << seq.cached_tokens + seq.num_tokens << " tokens";
     for (int64_t i = 0; i < seq.num_tokens; ++i) {
       const int64_t index = seq.cached_tokens + i;
-      offsets.push_back(
-          cache.Offset(layer, seq.block_table[index / s.page_size], index % s.page_size));
+      const int32_t page = seq.block_table[index / s.page_size];
+      DSERVE_CHECK(page >= 0 && page < s.num_pages) << "page " << page;
+      // Relative to the layer's first page: the same offsets for every layer of a step, so
+      // they are uploaded once.
+      offsets.push_back(cache.Offset(0, page, index % s.page_size));
     }
   }
   DSERVE_CHECK(static_cast<int64_t>(offsets.size()) == T) << "slices must cover the rows";
@@ -52,7 +61,8 @@ void CudaOps::MlaWriteCache(const Tensor& kv_a, const Tensor& kv_norm, float eps
   p.sin = rope_sin_.data<float>();
   p.positions = static_cast<const int32_t*>(d_pos);
   p.slot_offsets = static_cast<const int64_t*>(d_off);
-  p.cache = cache.storage().raw();
+  p.cache = static_cast<uint8_t*>(cache.storage().raw()) +
+            cache.Offset(layer, 0, 0) * DTypeSize(s.dtype);
   p.bf16 = s.dtype == DType::kBF16;
   RecordLaunch(LaunchMlaWriteCache(p, stream_), "MlaWriteCache");
 }

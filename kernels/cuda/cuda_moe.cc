@@ -21,9 +21,12 @@ void CudaOps::MoeRoute(const Tensor& x, const Weight& router, const Tensor& bias
   if (!Begin()) return;
   const int64_t T = x.dim(0);
   const int E = config.num_experts, K = config.top_k;
-  DSERVE_CHECK(router.rows == E && router.cols == x.dim(1)) << "router shape";
+  CheckF32(x, T, router.cols, "router input");
+  DSERVE_CHECK(router.rows == E) << "router shape";
   DSERVE_CHECK(ids.dtype() == DType::kI32 && ids.numel() == T * K) << "ids " << ids.ShapeString();
-  DSERVE_CHECK(weights.numel() == T * K) << "weights " << weights.ShapeString();
+  DSERVE_CHECK(weights.dtype() == DType::kF32 && weights.numel() == T * K &&
+               ids.device() == Device::kCuda && weights.device() == Device::kCuda)
+      << "weights " << weights.ShapeString();
   DSERVE_CHECK(bias.empty() || (bias.numel() == E && bias.device() == Device::kCuda))
       << "bias " << bias.ShapeString();
   if (T == 0) return;
@@ -45,8 +48,13 @@ void CudaOps::MoeExperts(const Tensor& x, std::span<const MlpWeights> experts, c
   const int64_t T = x.dim(0), H = x.dim(1);
   const int64_t K = T > 0 ? ids.numel() / T : 0;
   const int E = static_cast<int>(experts.size());
+  CheckF32(x, T, H, "moe input");
   CheckF32(out, T, H, "moe output");
-  DSERVE_CHECK(ids.numel() == T * K && weights.numel() == T * K) << "ids/weights per token";
+  DSERVE_CHECK(E > 0) << "no experts";
+  DSERVE_CHECK(ids.dtype() == DType::kI32 && weights.dtype() == DType::kF32 &&
+               ids.numel() == T * K && weights.numel() == T * K &&
+               ids.device() == Device::kCuda && weights.device() == Device::kCuda)
+      << "ids/weights per token: " << ids.ShapeString() << ", " << weights.ShapeString();
   if (T == 0) return;
   RecordLaunch(cudaMemsetAsync(out.raw(), 0, out.bytes(), stream_), "cudaMemsetAsync");
   // The routing is read back once (a few bytes per token) to group tokens by expert.
@@ -77,6 +85,17 @@ void CudaOps::MoeExperts(const Tensor& x, std::span<const MlpWeights> experts, c
     }
   }
   for (int e = 0; e < E; ++e) most = std::max<int64_t>(most, count[e + 1] - count[e]);
+  // One expert's rows are added without atomics, so a token may name an expert once (as
+  // every router does); its tokens are ascending, so a repeat is adjacent.
+  for (int e = 0; e < E; ++e) {
+    for (int32_t i = count[e] + 1; i < count[e + 1]; ++i) {
+      if (tokens[i] == tokens[i - 1]) {
+        Record(absl::InvalidArgumentError(
+            absl::StrCat("token ", tokens[i], " is routed to expert ", e, " twice")));
+        return;
+      }
+    }
+  }
   const int32_t* d_tokens =
       static_cast<const int32_t*>(Stage(moe_rows_, tokens.data(), tokens.size() * 4));
   const float* d_scales =

@@ -16,8 +16,17 @@ namespace dserve::kernels::cuda {
 namespace {
 
 // Activations come from the device's stream-ordered pool and go back to it in the order of
-// the legacy stream, which waits for all earlier work of the backend's (blocking) stream.
-void FreeAsync(void* p) { (void)cudaFreeAsync(p, cudaStreamLegacy); }
+// its legacy stream, which waits for all earlier work of the backend's (blocking) stream. The
+// legacy stream is the current device's, so the freeing thread switches to the buffer's.
+Buffer::Deleter FreeAsyncOn(int device) {
+  return [device](void* p) {
+    int current = device;
+    const bool switched = cudaGetDevice(&current) == cudaSuccess && current != device &&
+                          cudaSetDevice(device) == cudaSuccess;
+    (void)cudaFreeAsync(p, cudaStreamLegacy);
+    if (switched) (void)cudaSetDevice(current);
+  };
+}
 
 }  // namespace
 
@@ -145,8 +154,11 @@ absl::StatusOr<LatentCache> CudaOps::NewLatentCache(const LatentCacheShape& shap
   return LatentCache(shape, std::move(storage));
 }
 
+// Runs even after an earlier error (say an activation that did not fit): the engine has
+// already pointed a block table at `dst`, so a skipped copy would corrupt that sequence
+// silently. If the copy itself fails, the context is broken and every later step fails.
 void CudaOps::CopyCachePage(LatentCache& cache, int32_t src, int32_t dst) {
-  if (!Begin()) return;
+  RecordLaunch(cudaSetDevice(options_.device), "cudaSetDevice");
   const LatentCacheShape& s = cache.shape();
   DSERVE_CHECK(src >= 0 && src < s.num_pages && dst >= 0 && dst < s.num_pages)
       << "pages " << src << " -> " << dst << " of " << s.num_pages;
@@ -178,7 +190,8 @@ Tensor CudaOps::Empty(DType dtype, std::vector<int64_t> shape) {
     }
   }
   // After an error the tensor has no storage; the ops that would use it do nothing.
-  return Tensor(std::make_shared<Buffer>(p, bytes, Device::kCuda, p ? &FreeAsync : nullptr),
+  return Tensor(std::make_shared<Buffer>(p, bytes, Device::kCuda,
+                                         p ? FreeAsyncOn(options_.device) : nullptr),
                 dtype, std::move(shape));
 }
 
@@ -202,9 +215,21 @@ const void* CudaOps::Stage(Staged& slot, const void* bytes, size_t size) {
 }
 
 void CudaOps::StageRope(const RopeTable& rope) {
-  if (rope.cos == rope_host_ && rope.num_positions == rope_positions_) return;
-  const int64_t count = rope.num_positions * (rope.rope_dim / 2);
+  const int64_t half = rope.rope_dim / 2;
+  const int64_t count = rope.num_positions * half;
+  // The table is the model's (it only grows): known by its addresses and size, and by its
+  // last position's values, which tell another model's table at a reused address apart.
+  std::vector<float> last;
+  if (count > 0) {
+    last.assign(rope.cos + count - half, rope.cos + count);
+    last.insert(last.end(), rope.sin + count - half, rope.sin + count);
+  }
+  if (rope.cos == rope_host_ && rope.sin == rope_host_sin_ &&
+      rope.num_positions == rope_positions_ && rope.rope_dim == rope_dim_ && last == rope_last_) {
+    return;
+  }
   const size_t bytes = static_cast<size_t>(count) * sizeof(float);
+  rope_host_ = nullptr;  // until both copies are queued
   rope_cos_ = Empty(DType::kF32, {count});
   rope_sin_ = Empty(DType::kF32, {count});
   if (Failed()) return;
@@ -212,13 +237,18 @@ void CudaOps::StageRope(const RopeTable& rope) {
                "uploading the RoPE table");
   RecordLaunch(cudaMemcpyAsync(rope_sin_.raw(), rope.sin, bytes, cudaMemcpyHostToDevice, stream_),
                "uploading the RoPE table");
+  if (Failed()) return;
   rope_host_ = rope.cos;
+  rope_host_sin_ = rope.sin;
   rope_positions_ = rope.num_positions;
+  rope_dim_ = rope.rope_dim;
+  rope_last_ = std::move(last);
 }
 
 void CudaOps::GatherRows(const Tensor& x, std::span<const int32_t> rows, Tensor& out) {
   if (!Begin()) return;
   const int64_t n = static_cast<int64_t>(rows.size()), width = x.dim(1);
+  CheckF32(x, x.dim(0), width, "rows to gather from");
   CheckF32(out, n, width, "gathered rows");
   for (int32_t r : rows) DSERVE_CHECK(r >= 0 && r < x.dim(0)) << "row " << r << " of " << x.dim(0);
   if (n == 0) return;
@@ -259,6 +289,7 @@ void CudaOps::Embedding(const Weight& table, std::span<const int32_t> ids, Tenso
 void CudaOps::RmsNorm(const Tensor& x, const Tensor& weight, float eps, Tensor& out) {
   if (!Begin()) return;
   const int64_t T = x.dim(0), D = x.dim(1);
+  CheckF32(x, T, D, "rmsnorm input");
   CheckF32(out, T, D, "rmsnorm output");
   DSERVE_CHECK(weight.numel() == D && weight.device() == Device::kCuda)
       << "rmsnorm weight " << weight.ShapeString();
@@ -272,6 +303,7 @@ void CudaOps::AddRmsNorm(Tensor& residual, const Tensor& delta, const Tensor& we
                          Tensor& out) {
   if (!Begin()) return;
   const int64_t T = residual.dim(0), D = residual.dim(1);
+  CheckF32(residual, T, D, "add+rmsnorm residual");
   CheckF32(delta, T, D, "add+rmsnorm delta");
   CheckF32(out, T, D, "add+rmsnorm output");
   DSERVE_CHECK(weight.numel() == D && weight.device() == Device::kCuda)
@@ -286,6 +318,9 @@ void CudaOps::AddRmsNorm(Tensor& residual, const Tensor& delta, const Tensor& we
 void CudaOps::SiluMul(const Tensor& gate, const Tensor& up, Tensor& out) {
   if (!Begin()) return;
   DSERVE_CHECK(gate.numel() == up.numel() && out.numel() == gate.numel()) << "SiluMul shapes";
+  CheckF32(gate, gate.dim(0), gate.dim(1), "SiluMul gate");
+  CheckF32(up, gate.dim(0), gate.dim(1), "SiluMul up");
+  CheckF32(out, gate.dim(0), gate.dim(1), "SiluMul output");
   RecordLaunch(LaunchSiluMul(gate.data<float>(), up.data<float>(), gate.numel(),
                              out.data<float>(), stream_),
                "SiluMul");
@@ -293,13 +328,17 @@ void CudaOps::SiluMul(const Tensor& gate, const Tensor& up, Tensor& out) {
 
 void CudaOps::Add(Tensor& x, const Tensor& y) {
   if (!Begin()) return;
-  DSERVE_CHECK(x.numel() == y.numel()) << "Add: " << x.ShapeString() << " + " << y.ShapeString();
+  DSERVE_CHECK(x.numel() == y.numel() && x.dtype() == DType::kF32 && y.dtype() == DType::kF32 &&
+               x.device() == Device::kCuda && y.device() == Device::kCuda)
+      << "Add: " << x.ShapeString() << " + " << y.ShapeString();
   RecordLaunch(LaunchAdd(x.data<float>(), y.data<float>(), x.numel(), stream_), "Add");
 }
 
 void CudaOps::ConcatColumns(const Tensor& a, const Tensor& b, Tensor& out) {
   if (!Begin()) return;
   const int64_t T = a.dim(0), A = a.dim(1), B = b.dim(1);
+  CheckF32(a, T, A, "concat left");
+  CheckF32(b, T, B, "concat right");
   CheckF32(out, T, A + B, "concat output");
   RecordLaunch(LaunchConcatColumns(a.data<float>(), A, b.data<float>(), B, T, out.data<float>(),
                                    stream_),
@@ -361,7 +400,6 @@ bool CudaOps::LinearBf16(const float* x, int64_t m, const Weight& w, float* out)
   const int64_t n = w.rows, k = w.cols;
   if (k % 8 != 0 || n % 8 != 0) return false;
   Tensor xb = Empty(DType::kBF16, {m, k});
-  Tensor product = Empty(DType::kBF16, {m, n});
   if (Failed()) return true;
   RecordLaunch(LaunchF32ToBf16(x, m * k, xb.data<uint16_t>(), stream_), "F32ToBf16");
   GemmParams p;
@@ -370,11 +408,10 @@ bool CudaOps::LinearBf16(const float* x, int64_t m, const Weight& w, float* out)
   p.k = k;
   p.x = xb.raw();
   p.w = w.data;
-  p.out = product.raw();
+  p.out = out;
+  p.out_f32 = true;  // products in F32, straight into the output
   if (Failed()) return true;
   Record(blas_->Bf16(p, stream_));
-  if (Failed()) return true;
-  RecordLaunch(LaunchBf16ToF32(product.data<uint16_t>(), m * n, out, stream_), "Bf16ToF32");
   return true;
 }
 

@@ -103,8 +103,11 @@ class CudaOps final : public Ops {
   std::unique_ptr<BlasLt> blas_;
   absl::Status error_;
   Staged ids_, rows_, positions_, offsets_, mla_rows_, mla_tables_, moe_rows_, moe_scales_;
-  const float* rope_host_ = nullptr;  // the table last uploaded, identified by address and size
-  int64_t rope_positions_ = 0;
+  // The RoPE table last uploaded: its host addresses, size and last position's values.
+  const float* rope_host_ = nullptr;
+  const float* rope_host_sin_ = nullptr;
+  int64_t rope_positions_ = 0, rope_dim_ = 0;
+  std::vector<float> rope_last_;
   Tensor rope_cos_, rope_sin_;
 };
 

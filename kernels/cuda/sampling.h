@@ -40,7 +40,8 @@ size_t SamplingWorkspaceBytes(int64_t rows, int64_t vocab);
 
 // Enqueues the sampling of every row on `stream`. With the same logits, parameters and uniform,
 // a row's token is the one engine::Sample() returns (empty penalties, no banned ids), except
-// when u * total falls within float64 rounding of a boundary between two tokens. Returns
+// when u * total falls within float64 rounding of a boundary between two tokens, or a logit
+// sits within one float of min_p's floor (CUDA's log and glibc's may differ there). Returns
 // cudaErrorInvalidValue for a bad shape, a null pointer or a workspace that is too small;
 // otherwise the launch's status.
 cudaError_t LaunchSampling(const SamplingParams& p, cudaStream_t stream);

@@ -146,6 +146,8 @@ TEST(CliTest, BadInputGetsAClearErrorAndNonZeroExit) {
       {"generate --model " + v3 + " --tokens 1 --bogus 3", 2, "unknown flag --bogus"},
       {"generate --model " + v3 + " --tokens 1 --mla-mode fast", 2, "--mla-mode must be"},
       {"generate --model " + v3 + " --tokens 1 --device tpu", 2, "--device must be cpu or cuda"},
+      {"generate --model " + v3 + " --tokens 1 --cuda-gemm fast", 2,
+       "--cuda-gemm must be tensor-cores or exact"},
       {"generate --model /nonexistent/model --tokens 1", 2, "/nonexistent/model/config.json"},
       {"logits --model " + TestdataPath("micro-v2") + " --tokens 1,2 --out /tmp/x.npy --mtp-out "
        "/tmp/y.npy",
