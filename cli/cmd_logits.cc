@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "cli/commands.h"
+#include "cli/engine_flags.h"
 #include "cli/model_session.h"
 #include "core/npy_writer.h"
 
@@ -26,8 +27,9 @@ absl::Status Run(const Flags& flags) {
   if (want_mtp && T < 2) return absl::InvalidArgumentError("--mtp-out needs at least 2 tokens");
 
   const int64_t page = 64, pages = (T + page - 1) / page;
-  DSERVE_ASSIGN_OR_RETURN(kernels::LatentCache cache,
-                          model.ops().NewLatentCache(model.CacheShape(pages, page)));
+  kernels::LatentCacheShape shape = model.CacheShape(pages, page);
+  DSERVE_ASSIGN_OR_RETURN(shape.dtype, ParseKvCacheDType(flags.Get("kv-cache-dtype")));
+  DSERVE_ASSIGN_OR_RETURN(kernels::LatentCache cache, model.ops().NewLatentCache(shape));
   std::vector<int32_t> table(pages), positions(T), rows(T);
   std::iota(table.begin(), table.end(), 0);
   std::iota(positions.begin(), positions.end(), 0);
@@ -63,6 +65,8 @@ int RunLogits(const Args& args) {
   specs.push_back({"tokens", "comma-separated token ids, e.g. 0,15,27", "", false, true});
   specs.push_back({"out", "output .npy, float32 [T, vocab]", "", false, true});
   specs.push_back({"mtp-out", "also write the MTP head's logits, float32 [T-1, vocab]", ""});
+  specs.push_back({"kv-cache-dtype",
+                   "f32|bf16|fp8: the latent cache the pass writes and attends over", "f32"});
   Flags flags;
   int code;
   if (!ParseOrExit("logits", "Write every position's logits of one forward pass as .npy.", specs,

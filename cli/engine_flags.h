@@ -12,6 +12,8 @@
 namespace dserve::cli {
 
 std::vector<FlagSpec> EngineFlags();
+// bf16 | fp8 | f32, as --kv-cache-dtype spells them.
+absl::StatusOr<DType> ParseKvCacheDType(const std::string& name);
 // --speculative / --num-speculative-tokens as a list of draft counts (0: off); {0} without
 // --speculative.
 absl::StatusOr<std::vector<int>> ParseSpeculativeTokens(const Flags& flags);

@@ -39,8 +39,8 @@ absl::StatusOr<std::unique_ptr<EngineCore>> EngineCore::Create(models::DeepseekM
                                                                const Tokenizer* tokenizer,
                                                                const EngineConfig& config) {
   if (config.page_size < 1) return absl::InvalidArgumentError("page size must be >= 1");
-  if (config.kv_dtype != DType::kBF16 && config.kv_dtype != DType::kF32) {
-    return absl::InvalidArgumentError("the KV cache dtype must be bf16 or f32");
+  if (!kernels::IsLatentCacheDType(config.kv_dtype)) {
+    return absl::InvalidArgumentError("the KV cache dtype must be bf16, fp8 or f32");
   }
   if (config.scheduler.max_batched_tokens < 1 || config.scheduler.max_num_seqs < 1) {
     return absl::InvalidArgumentError("--max-batched-tokens and --max-num-seqs must be >= 1");

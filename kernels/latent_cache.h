@@ -1,13 +1,22 @@
 // LatentCache: the paged store of MLA's compressed KV. For every layer (the MTP layer
 // included) and every cached token it holds the normalised latent c_kv [kv_lora_rank] followed
-// by the RoPE'd shared key k_pe [qk_rope_head_dim] (pairs rotated in place) — 576 values per token per layer in
-// DeepSeek-V3, instead of full per-head K and V. Pages hold `page_size` consecutive tokens of
-// one sequence; a sequence's block table maps its logical pages to physical ones. Values are
-// stored in BF16 (the serving default: 1,152 bytes per token per layer in DeepSeek-V3) or F32.
+// by the RoPE'd shared key k_pe [qk_rope_head_dim] (pairs rotated in place) — 576 values per
+// token per layer in DeepSeek-V3, instead of full per-head K and V. Pages hold `page_size`
+// consecutive tokens of one sequence; a sequence's block table maps its logical pages to
+// physical ones. Three token formats:
+//   F32  — 576 x 4 bytes;
+//   BF16 — 576 x 2 = 1,152 bytes (the serving default);
+//   FP8  — the latent in E4M3 with one F32 scale per 128 values (value = fp8 * scale, scale =
+//          the group's largest magnitude / 448, 1 for a group of zeros), then those scales,
+//          then k_pe in BF16: 512 + 4 x 4 + 64 x 2 = 656 bytes (FlashMLA's FP8 layout), so
+//          nearly twice the tokens fit. k_pe stays BF16: RoPE'd keys carry position, where
+//          rounding costs most.
 // The storage lives on the backend's device (Ops::NewLatentCache); the element accessors below
 // are for host (CPU backend) storage only.
 #pragma once
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <span>
@@ -25,45 +34,108 @@ namespace dserve::kernels {
 // decode). kAuto picks per sequence by arithmetic cost.
 enum class MlaMode { kAuto, kNaive, kAbsorbed };
 
+// FP8 caches: latent values per scale, and E4M3's largest finite value.
+inline constexpr int64_t kLatentFp8Group = 128;
+inline constexpr float kFp8Max = 448.0f;
+
 struct LatentCacheShape {
   int num_layers = 0;
   int64_t kv_lora_rank = 0;
   int64_t rope_dim = 0;
   int64_t page_size = 64;
   int64_t num_pages = 0;
-  DType dtype = DType::kF32;  // kF32 or kBF16
+  DType dtype = DType::kF32;  // kF32, kBF16 or kF8E4M3 (the FP8 format above)
 
   int64_t token_dim() const { return kv_lora_rank + rope_dim; }
+  // FP8: the scales per token.
+  int64_t fp8_groups() const { return (kv_lora_rank + kLatentFp8Group - 1) / kLatentFp8Group; }
+  // Bytes of one cached token of one layer.
+  int64_t token_bytes() const {
+    if (dtype == DType::kF8E4M3) return kv_lora_rank + fp8_groups() * 4 + rope_dim * 2;
+    return token_dim() * DTypeSize(dtype);
+  }
   // Bytes of one page across all layers.
-  int64_t page_bytes() const { return num_layers * page_size * token_dim() * DTypeSize(dtype); }
+  int64_t page_bytes() const { return num_layers * page_size * token_bytes(); }
 };
+
+// Whether a cache dtype is one of the three formats.
+inline bool IsLatentCacheDType(DType d) {
+  return d == DType::kF32 || d == DType::kBF16 || d == DType::kF8E4M3;
+}
+
+// The FP8 format of one token: `src` [kv_lora + rope] F32 -> `dst` [token_bytes()]. Every
+// backend writes exactly these bytes (the division, then E4M3 rounding to nearest even with
+// saturation).
+inline void EncodeFp8Token(const LatentCacheShape& s, const float* src, uint8_t* dst) {
+  const int64_t L = s.kv_lora_rank;
+  float* scales = reinterpret_cast<float*>(dst + L);
+  for (int64_t g = 0; g < s.fp8_groups(); ++g) {
+    const int64_t begin = g * kLatentFp8Group, end = std::min(L, begin + kLatentFp8Group);
+    float amax = 0.0f;
+    for (int64_t c = begin; c < end; ++c) amax = std::max(amax, std::fabs(src[c]));
+    const float scale = amax > 0.0f ? amax / kFp8Max : 1.0f;
+    for (int64_t c = begin; c < end; ++c) dst[c] = FloatToFp8E4M3(src[c] / scale);
+    std::memcpy(scales + g, &scale, sizeof(float));
+  }
+  uint16_t* pe = reinterpret_cast<uint16_t*>(dst + L + s.fp8_groups() * 4);
+  for (int64_t c = 0; c < s.rope_dim; ++c) {
+    const uint16_t b = FloatToBf16(src[L + c]);
+    std::memcpy(pe + c, &b, sizeof(b));
+  }
+}
+
+// One FP8 token back to F32 values.
+inline void DecodeFp8Token(const LatentCacheShape& s, const uint8_t* src, float* dst) {
+  const int64_t L = s.kv_lora_rank;
+  for (int64_t g = 0; g < s.fp8_groups(); ++g) {
+    float scale;
+    std::memcpy(&scale, src + L + g * 4, sizeof(float));
+    const int64_t begin = g * kLatentFp8Group, end = std::min(L, begin + kLatentFp8Group);
+    for (int64_t c = begin; c < end; ++c) dst[c] = Fp8E4M3ToFloat(src[c]) * scale;
+  }
+  const uint8_t* pe = src + L + s.fp8_groups() * 4;
+  for (int64_t c = 0; c < s.rope_dim; ++c) {
+    uint16_t b;
+    std::memcpy(&b, pe + 2 * c, sizeof(b));
+    dst[L + c] = Bf16ToFloat(b);
+  }
+}
 
 class LatentCache {
  public:
   LatentCache() = default;
-  // Storage [num_layers, num_pages, page_size, kv_lora_rank + rope_dim] in shape.dtype, zeroed.
+  // Host storage, zeroed: StorageShape(shape) in StorageDType(shape).
   explicit LatentCache(const LatentCacheShape& shape)
-      : shape_(shape),
-        storage_(Tensor::Zeros(shape.dtype, {shape.num_layers, shape.num_pages, shape.page_size,
-                                             shape.token_dim()})) {
-    DSERVE_CHECK(shape.dtype == DType::kF32 || shape.dtype == DType::kBF16)
-        << "latent cache dtype must be F32 or BF16, got " << DTypeName(shape.dtype);
-  }
+      : LatentCache(shape, Tensor::Zeros(StorageDType(shape), StorageShape(shape))) {}
   // Over storage a backend allocated (its device's memory), laid out as above.
   LatentCache(const LatentCacheShape& shape, Tensor storage)
       : shape_(shape), storage_(std::move(storage)) {
-    DSERVE_CHECK(shape.dtype == DType::kF32 || shape.dtype == DType::kBF16)
-        << "latent cache dtype must be F32 or BF16, got " << DTypeName(shape.dtype);
+    DSERVE_CHECK(IsLatentCacheDType(shape.dtype))
+        << "latent cache dtype must be F32, BF16 or F8_E4M3, got " << DTypeName(shape.dtype);
     DSERVE_CHECK(storage_.bytes() == static_cast<size_t>(shape.num_pages * shape.page_bytes()))
         << "latent cache storage of " << storage_.bytes() << " bytes for a shape of "
         << shape.num_pages * shape.page_bytes();
   }
+  // F32/BF16 caches are arrays of their values [layers, pages, page_size, token_dim]; FP8
+  // tokens mix three types, so that cache is bytes [layers, pages, page_size, token_bytes].
+  static DType StorageDType(const LatentCacheShape& s) {
+    return s.dtype == DType::kF8E4M3 ? DType::kU8 : s.dtype;
+  }
+  static std::vector<int64_t> StorageShape(const LatentCacheShape& s) {
+    return {s.num_layers, s.num_pages, s.page_size,
+            s.dtype == DType::kF8E4M3 ? s.token_bytes() : s.token_dim()};
+  }
 
   const LatentCacheShape& shape() const { return shape_; }
-  // [num_layers, num_pages, page_size, token_dim] in shape().dtype, on the backend's device.
+  // StorageShape(shape()) in StorageDType(shape()), on the backend's device.
   const Tensor& storage() const { return storage_; }
-  // Element offset of (layer, page, slot) in storage().
+  // Byte offset of (layer, page, slot) in storage(), for every format.
+  int64_t ByteOffset(int layer, int64_t page, int64_t slot) const {
+    return ((layer * shape_.num_pages + page) * shape_.page_size + slot) * shape_.token_bytes();
+  }
+  // Element offset of (layer, page, slot) in an F32 or BF16 cache's storage().
   int64_t Offset(int layer, int64_t page, int64_t slot) const {
+    DSERVE_CHECK(shape_.dtype != DType::kF8E4M3) << "an FP8 cache is addressed in bytes";
     return ((layer * shape_.num_pages + page) * shape_.page_size + slot) * shape_.token_dim();
   }
 
@@ -83,45 +155,50 @@ class LatentCache {
     DSERVE_CHECK(OnHost()) << "ReadTokens() needs a host cache";
     const int64_t D = shape_.token_dim();
     for (int64_t i = 0; i < count; ++i) {
-      const int64_t index = begin + i;
-      const int64_t off =
-          Offset(layer, block_table[index / shape_.page_size], index % shape_.page_size);
+      const uint8_t* src = TokenBytes(layer, block_table, begin + i);
       if (shape_.dtype == DType::kF32) {
-        std::memcpy(dst + i * D, storage_.data<float>() + off, D * sizeof(float));
+        std::memcpy(dst + i * D, src, D * sizeof(float));
+      } else if (shape_.dtype == DType::kBF16) {
+        const uint16_t* v = reinterpret_cast<const uint16_t*>(src);
+        for (int64_t c = 0; c < D; ++c) dst[i * D + c] = Bf16ToFloat(v[c]);
       } else {
-        const uint16_t* src = storage_.data<uint16_t>() + off;
-        for (int64_t c = 0; c < D; ++c) dst[i * D + c] = Bf16ToFloat(src[c]);
+        DecodeFp8Token(shape_, src, dst + i * D);
       }
     }
   }
-  // Stores token_dim() F32 values as cached token `index` (rounded to nearest even for BF16).
+  // Stores token_dim() F32 values as cached token `index` (rounded to nearest even for BF16,
+  // encoded for FP8).
   void WriteToken(int layer, std::span<const int32_t> block_table, int64_t index,
                   const float* src) const {
     DSERVE_CHECK(OnHost()) << "WriteToken() needs a host cache";
     const int64_t D = shape_.token_dim();
-    const int64_t off =
-        Offset(layer, block_table[index / shape_.page_size], index % shape_.page_size);
+    uint8_t* dst = TokenBytes(layer, block_table, index);
     if (shape_.dtype == DType::kF32) {
-      std::memcpy(storage_.data<float>() + off, src, D * sizeof(float));
+      std::memcpy(dst, src, D * sizeof(float));
+    } else if (shape_.dtype == DType::kBF16) {
+      uint16_t* v = reinterpret_cast<uint16_t*>(dst);
+      for (int64_t c = 0; c < D; ++c) v[c] = FloatToBf16(src[c]);
     } else {
-      uint16_t* dst = storage_.data<uint16_t>() + off;
-      for (int64_t c = 0; c < D; ++c) dst[c] = FloatToBf16(src[c]);
+      EncodeFp8Token(shape_, src, dst);
     }
   }
   // Copies page `src` over page `dst` in every layer (copy-on-write of a shared partial page);
   // host storage (device caches copy through Ops::CopyCachePage).
   void CopyPage(int32_t src, int32_t dst) const {
     DSERVE_CHECK(OnHost()) << "CopyPage() needs a host cache";
-    const int64_t bytes = shape_.page_size * shape_.token_dim() * DTypeSize(shape_.dtype);
+    const int64_t bytes = shape_.page_size * shape_.token_bytes();
     uint8_t* base = static_cast<uint8_t*>(storage_.raw());
     for (int layer = 0; layer < shape_.num_layers; ++layer) {
-      std::memcpy(base + Offset(layer, dst, 0) * DTypeSize(shape_.dtype),
-                  base + Offset(layer, src, 0) * DTypeSize(shape_.dtype), bytes);
+      std::memcpy(base + ByteOffset(layer, dst, 0), base + ByteOffset(layer, src, 0), bytes);
     }
   }
 
  private:
   bool OnHost() const { return storage_.device() == Device::kCpu; }
+  uint8_t* TokenBytes(int layer, std::span<const int32_t> block_table, int64_t index) const {
+    return static_cast<uint8_t*>(storage_.raw()) +
+           ByteOffset(layer, block_table[index / shape_.page_size], index % shape_.page_size);
+  }
 
   LatentCacheShape shape_;
   Tensor storage_;

@@ -38,7 +38,7 @@ void CudaOps::MlaWriteCache(const Tensor& kv_a, const Tensor& kv_norm, float eps
       DSERVE_CHECK(page >= 0 && page < s.num_pages) << "page " << page;
       // Relative to the layer's first page: the same offsets for every layer of a step, so
       // they are uploaded once.
-      offsets.push_back(cache.Offset(0, page, index % s.page_size));
+      offsets.push_back(cache.ByteOffset(0, page, index % s.page_size));
     }
   }
   DSERVE_CHECK(static_cast<int64_t>(offsets.size()) == T) << "slices must cover the rows";
@@ -61,9 +61,8 @@ void CudaOps::MlaWriteCache(const Tensor& kv_a, const Tensor& kv_norm, float eps
   p.sin = rope_sin_.data<float>();
   p.positions = static_cast<const int32_t*>(d_pos);
   p.slot_offsets = static_cast<const int64_t*>(d_off);
-  p.cache = static_cast<uint8_t*>(cache.storage().raw()) +
-            cache.Offset(layer, 0, 0) * DTypeSize(s.dtype);
-  p.bf16 = s.dtype == DType::kBF16;
+  p.cache = static_cast<uint8_t*>(cache.storage().raw()) + cache.ByteOffset(layer, 0, 0);
+  p.format = FormatOf(s);
   RecordLaunch(LaunchMlaWriteCache(p, stream_), "MlaWriteCache");
 }
 
@@ -130,8 +129,8 @@ void CudaOps::MlaAttention(const MlaParams& p, const Tensor& q, Tensor& out) {
   a.row_table = static_cast<const int32_t*>(d_rows) + T;
   a.block_tables = static_cast<const int32_t*>(d_tables);
   a.cache = static_cast<const uint8_t*>(p.cache->storage().raw()) +
-            p.cache->Offset(p.layer, 0, 0) * DTypeSize(s.dtype);
-  a.cache_bf16 = s.dtype == DType::kBF16;
+            p.cache->ByteOffset(p.layer, 0, 0);
+  a.format = FormatOf(s);
   a.page_size = s.page_size;
   a.softmax_scale = p.softmax_scale;
   a.workspace = workspace.data<float>();

@@ -30,6 +30,16 @@ Buffer::Deleter FreeAsyncOn(int device) {
 
 }  // namespace
 
+LatentFormat FormatOf(const LatentCacheShape& shape) {
+  switch (shape.dtype) {
+    case DType::kF32: return LatentFormat::kF32;
+    case DType::kBF16: return LatentFormat::kBF16;
+    case DType::kF8E4M3: return LatentFormat::kFp8;
+    default: DSERVE_CHECK(false) << "latent cache dtype " << DTypeName(shape.dtype);
+  }
+  return LatentFormat::kBF16;
+}
+
 WeightView ViewOf(const Weight& w) {
   WeightView v;
   switch (w.dtype) {
@@ -143,13 +153,13 @@ absl::Status CudaOps::PlaceTensor(Tensor& t) {
 
 absl::StatusOr<LatentCache> CudaOps::NewLatentCache(const LatentCacheShape& shape) {
   DSERVE_CUDA_RETURN_IF_ERROR(cudaSetDevice(options_.device));
-  if (shape.dtype != DType::kBF16 && shape.dtype != DType::kF32) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("the latent cache dtype must be bf16 or f32, got ", std::string(DTypeName(shape.dtype))));
+  if (!IsLatentCacheDType(shape.dtype)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the latent cache dtype must be bf16, fp8 or f32, got ",
+        std::string(DTypeName(shape.dtype))));
   }
-  DSERVE_ASSIGN_OR_RETURN(Tensor storage,
-                          DeviceTensor(shape.dtype, {shape.num_layers, shape.num_pages,
-                                                     shape.page_size, shape.token_dim()}));
+  DSERVE_ASSIGN_OR_RETURN(Tensor storage, DeviceTensor(LatentCache::StorageDType(shape),
+                                                       LatentCache::StorageShape(shape)));
   DSERVE_RETURN_IF_ERROR(FillDevice(storage.raw(), 0, storage.bytes()));
   return LatentCache(shape, std::move(storage));
 }
@@ -162,12 +172,11 @@ void CudaOps::CopyCachePage(LatentCache& cache, int32_t src, int32_t dst) {
   const LatentCacheShape& s = cache.shape();
   DSERVE_CHECK(src >= 0 && src < s.num_pages && dst >= 0 && dst < s.num_pages)
       << "pages " << src << " -> " << dst << " of " << s.num_pages;
-  const size_t esize = DTypeSize(s.dtype);
-  const size_t bytes = static_cast<size_t>(s.page_size * s.token_dim()) * esize;
+  const size_t bytes = static_cast<size_t>(s.page_size * s.token_bytes());
   uint8_t* base = static_cast<uint8_t*>(cache.storage().raw());
   for (int layer = 0; layer < s.num_layers; ++layer) {
-    RecordLaunch(cudaMemcpyAsync(base + cache.Offset(layer, dst, 0) * esize,
-                                 base + cache.Offset(layer, src, 0) * esize, bytes,
+    RecordLaunch(cudaMemcpyAsync(base + cache.ByteOffset(layer, dst, 0),
+                                 base + cache.ByteOffset(layer, src, 0), bytes,
                                  cudaMemcpyDeviceToDevice, stream_),
                  "copying a cache page");
   }

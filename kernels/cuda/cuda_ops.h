@@ -12,6 +12,7 @@
 
 #include "absl/status/statusor.h"
 #include "kernels/cuda/blas_lt.h"
+#include "kernels/cuda/latent_format.h"
 #include "kernels/cuda/weight_view.h"
 #include "kernels/ops.h"
 
@@ -113,5 +114,7 @@ class CudaOps final : public Ops {
 
 // A checkpoint weight as the kernels see it (its data and scales on the device).
 WeightView ViewOf(const Weight& w);
+// A latent cache's token format as the kernels see it.
+LatentFormat FormatOf(const LatentCacheShape& shape);
 
 }  // namespace dserve::kernels::cuda

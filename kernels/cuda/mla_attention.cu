@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "kernels/cuda/latent_format.cuh"
 #include "kernels/cuda/weight_view.cuh"
 
 namespace dserve::kernels::cuda {
@@ -24,9 +25,6 @@ constexpr int kMaxTokenDim = static_cast<int>(kMlaMaxKvLora + kMlaMaxRopeDim);
 constexpr int kTokenPerLane = kMaxTokenDim / 32;
 constexpr int kLatentPerLane = static_cast<int>(kMlaMaxKvLora) / 32;
 static_assert(kMaxTokenDim % 32 == 0 && kMlaMaxKvLora % 32 == 0, "lanes must tile a token");
-
-__device__ __forceinline__ float ToFloat(float v) { return v; }
-__device__ __forceinline__ float ToFloat(__nv_bfloat16 v) { return __bfloat162float(v); }
 
 // kv_b element (r, c) as F32: the stored value times, for FP8, its block's scale (the product
 // the CPU backend forms). Not weight_view.cuh's WeightAt: that calls WeightView::scale_cols(),
@@ -97,8 +95,10 @@ __global__ void __launch_bounds__(kThreads)
 // it against q_cat (shared) and folds it into its own running max, sum and latent accumulator
 // (F32, online softmax); the block then merges its warps' states. No storage grows with the
 // context: any number of keys. Only keys [0, row_keys[row]) and their pages are read.
-template <typename T>
-__global__ void __launch_bounds__(kThreads) AttendKernel(MlaAttentionParams p, const T* cache) {
+template <LatentFormat F>
+__global__ void __launch_bounds__(kThreads) AttendKernel(MlaAttentionParams p) {
+  const uint8_t* cache = static_cast<const uint8_t*>(p.cache);
+  const int64_t token_bytes = LatentTokenBytes(F, p.kv_lora, p.rope_dim);
   __shared__ float q_cat[kMaxTokenDim];
   __shared__ float warp_acc[kWarps * kMlaMaxKvLora];
   __shared__ float warp_max[kWarps], warp_sum[kWarps];
@@ -118,8 +118,9 @@ __global__ void __launch_bounds__(kThreads) AttendKernel(MlaAttentionParams p, c
 #pragma unroll
   for (int k = 0; k < kLatentPerLane; ++k) acc[k] = 0.0f;
   for (int j = warp; j < keys; j += kWarps) {
-    const T* token =
-        cache + (static_cast<int64_t>(table[j / page_size]) * page_size + j % page_size) * dim;
+    const uint8_t* token =
+        cache + (static_cast<int64_t>(table[j / page_size]) * page_size + j % page_size) *
+                    token_bytes;
     float x[kTokenPerLane];
     float score = 0.0f;
 #pragma unroll
@@ -127,7 +128,7 @@ __global__ void __launch_bounds__(kThreads) AttendKernel(MlaAttentionParams p, c
       const int c = lane + 32 * k;
       x[k] = 0.0f;
       if (c < dim) {
-        x[k] = ToFloat(token[c]);
+        x[k] = LatentValue<F>(token, c, kv_lora);
         score = fmaf(x[k], q_cat[c], score);
       }
     }
@@ -260,10 +261,12 @@ cudaError_t LaunchMlaAttention(const MlaAttentionParams& p, cudaStream_t stream)
   AbsorbQueryKernel<<<tiles, kThreads, 0, stream>>>(p, scale_cols);
   if (const cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
   const unsigned items = static_cast<unsigned>(p.rows * p.heads);
-  if (p.cache_bf16) {
-    AttendKernel<<<items, kThreads, 0, stream>>>(p, static_cast<const __nv_bfloat16*>(p.cache));
-  } else {
-    AttendKernel<<<items, kThreads, 0, stream>>>(p, static_cast<const float*>(p.cache));
+  switch (p.format) {
+    case LatentFormat::kF32: AttendKernel<LatentFormat::kF32><<<items, kThreads, 0, stream>>>(p); break;
+    case LatentFormat::kBF16:
+      AttendKernel<LatentFormat::kBF16><<<items, kThreads, 0, stream>>>(p);
+      break;
+    case LatentFormat::kFp8: AttendKernel<LatentFormat::kFp8><<<items, kThreads, 0, stream>>>(p); break;
   }
   if (const cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
   OutputKernel<<<tiles, kThreads, 0, stream>>>(p, scale_cols);

@@ -8,6 +8,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include "kernels/cuda/latent_format.h"
 #include "kernels/cuda/weight_view.h"
 
 namespace dserve::kernels::cuda {
@@ -38,10 +39,10 @@ struct MlaAttentionParams {
   const int32_t* row_keys = nullptr;
   const int32_t* row_table = nullptr;  // [rows] offset of its sequence's table in block_tables
   const int32_t* block_tables = nullptr;  // concatenated block tables: physical page ids
-  // This layer's pages [num_pages, page_size, kv_lora + rope] (LatentCache's layout with the
-  // layer already selected): each token its latent, then its RoPE'd k_pe.
+  // This layer's pages [num_pages, page_size, token bytes] (LatentCache's layout with the
+  // layer offset applied), tokens in `format` (latent_format.h).
   const void* cache = nullptr;
-  bool cache_bf16 = true;  // else F32
+  LatentFormat format = LatentFormat::kBF16;
   int64_t page_size = 64;
   float softmax_scale = 1.0f;
   float* workspace = nullptr;  // MlaAttentionWorkspaceFloats(rows, heads, kv_lora, rope) floats

@@ -148,6 +148,8 @@ TEST(CliTest, BadInputGetsAClearErrorAndNonZeroExit) {
       {"generate --model " + v3 + " --tokens 1 --device tpu", 2, "--device must be cpu or cuda"},
       {"generate --model " + v3 + " --tokens 1 --cuda-gemm fast", 2,
        "--cuda-gemm must be tensor-cores or exact"},
+      {"bench --model " + v3 + " --num-prompts 2 --kv-cache-dtype int4", 2,
+       "--kv-cache-dtype must be bf16, fp8 or f32, got 'int4'"},
       {"generate --model /nonexistent/model --tokens 1", 2, "/nonexistent/model/config.json"},
       {"logits --model " + TestdataPath("micro-v2") + " --tokens 1,2 --out /tmp/x.npy --mtp-out "
        "/tmp/y.npy",

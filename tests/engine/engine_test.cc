@@ -77,6 +77,25 @@ TEST(EngineTest, BatchedGreedyEqualsAloneWithChunkedPrefill) {
   ExpectSameTokens(RunAll(config, requests, /*stagger=*/3), alone);
 }
 
+// The FP8 cache encodes each token on its own, so batching, chunking and prefix hits still
+// cannot change a bit; and it is really in use: the logprobs differ from the BF16 cache's.
+TEST(EngineTest, Fp8CacheKeepsOutputsIndependentOfTheBatch) {
+  std::vector<Request> requests = MixedGreedyRequests(4);
+  requests.resize(24);
+  for (int i = 0; i < 8; ++i) requests.push_back(requests[i]);  // the same prompts again: hits
+  EngineConfig config = SmallConfig();
+  config.kv_dtype = DType::kF8E4M3;
+  const std::vector<Result> alone = RunEachAlone(config, requests);
+  KvCacheStats stats;
+  ExpectSameTokens(RunAll(config, requests, /*stagger=*/2, nullptr, &stats), alone);
+  EXPECT_GT(stats.prefix_hit_tokens, 0);
+  config.kv_dtype = DType::kBF16;
+  const std::vector<Result> bf16 = RunAll(config, requests);
+  int differ = 0;
+  for (size_t i = 0; i < requests.size(); ++i) differ += bf16[i].logprobs != alone[i].logprobs;
+  EXPECT_GT(differ, 0);
+}
+
 TEST(EngineTest, GreedyMatchesTheModelsOwnDecodeLoop) {
   // The engine against models::GreedyDecode (one sequence, its own cache and loop) on a few
   // prompts: the same tokens, F32 cache as GreedyDecode uses.

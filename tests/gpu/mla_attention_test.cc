@@ -248,9 +248,10 @@ void ExpectMatchesCpu(const Case& c) {
   p.row_keys = dkeys.data<int32_t>();
   p.row_table = drow_table.data<int32_t>();
   p.block_tables = dtables.data<int32_t>();
-  p.cache = static_cast<const uint8_t*>(dcache.raw()) +
-            cache.Offset(kLayer, 0, 0) * DTypeSize(c.cache_dtype);
-  p.cache_bf16 = c.cache_dtype == DType::kBF16;
+  p.cache = static_cast<const uint8_t*>(dcache.raw()) + cache.ByteOffset(kLayer, 0, 0);
+  p.format = c.cache_dtype == DType::kF32    ? LatentFormat::kF32
+             : c.cache_dtype == DType::kBF16 ? LatentFormat::kBF16
+                                             : LatentFormat::kFp8;
   p.page_size = s.page_size;
   p.softmax_scale = softmax_scale;
   p.workspace = workspace.data<float>();
@@ -297,7 +298,7 @@ TEST(CudaMlaAttentionTest, RaggedBatchMatchesBothCpuForms) {
   const std::vector<Context> contexts = {{1000, 1}, {64, 1}, {300, 2}, {0, 130}, {200, 70}};
   uint32_t seed = 11;
   for (const DType weight : {DType::kF8E4M3, DType::kBF16}) {
-    for (const DType cache : {DType::kBF16, DType::kF32}) {
+    for (const DType cache : {DType::kBF16, DType::kF32, DType::kF8E4M3}) {
       const Case c{kV3Heads16, contexts, weight, cache, {MlaMode::kAbsorbed, MlaMode::kNaive},
                    seed++};
       SCOPED_TRACE(Describe(c));

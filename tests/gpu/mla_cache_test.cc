@@ -1,7 +1,7 @@
 // The GPU latent-cache write against the CPU op: two sequences in one batch (a decode-like
 // chunk after 70 cached tokens, a 130-token prefill) over scattered pages, DeepSeek-V3's
-// kv_lora 512 + rope 64, BF16 and F32 caches. The device cache is poisoned first: every written
-// slot must match the CPU's, every other byte must be untouched. Skipped without a GPU.
+// kv_lora 512 + rope 64, BF16, F32 and FP8 caches. The device cache is poisoned first: every
+// written slot must match the CPU's, every other byte must be untouched. Skipped without a GPU.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -47,14 +47,7 @@ TEST(CudaMlaCacheTest, WritesTheSameLatentsAsTheCpu) {
   }
   const RopeTable table{cos.data(), sin.data(), positions, rope};
 
-  // Each row's slot, as the element offset LatentCache uses.
-  std::vector<int64_t> offsets;
-  for (const SequenceSlice& s : batch.sequences) {
-    for (int64_t i = 0; i < s.num_tokens; ++i) {
-      const int64_t index = s.cached_tokens + i;
-      offsets.push_back(((layer * pages + s.block_table[index / page]) * page + index % page) * dim);
-    }
-  }
+
   auto up = [](const void* p, size_t bytes) {
     absl::StatusOr<Tensor> t = DeviceTensor(DType::kU8, {static_cast<int64_t>(bytes)});
     EXPECT_TRUE(t.ok()) << t.status();
@@ -63,16 +56,26 @@ TEST(CudaMlaCacheTest, WritesTheSameLatentsAsTheCpu) {
   };
   const Tensor dkv = up(kv_a.raw(), kv_a.bytes()), dnorm = up(kv_norm.raw(), kv_norm.bytes());
   const Tensor dcos = up(cos.data(), cos.size() * 4), dsin = up(sin.data(), sin.size() * 4);
-  const Tensor dpos = up(pos.data(), pos.size() * 4), doff = up(offsets.data(), offsets.size() * 8);
+  const Tensor dpos = up(pos.data(), pos.size() * 4);
 
-  for (const DType dtype : {DType::kBF16, DType::kF32}) {
+  for (const DType dtype : {DType::kBF16, DType::kF32, DType::kF8E4M3}) {
     SCOPED_TRACE(std::string(DTypeName(dtype)));
     LatentCacheShape shape{layers, kv_lora, rope, page, pages, dtype};
     LatentCache cpu_cache(shape);
     cpu::CpuOps(1).MlaWriteCache(kv_a, kv_norm, 1e-6f, table, batch, cpu_cache, layer);
-
-    const int64_t elements = layers * pages * page * dim, esize = DTypeSize(dtype);
-    absl::StatusOr<Tensor> dcache = DeviceTensor(DType::kU8, {elements * esize});
+    // Each row's slot, as the byte offset LatentCache uses (from the whole cache's start).
+    std::vector<int64_t> offsets;
+    for (const SequenceSlice& s : batch.sequences) {
+      for (int64_t i = 0; i < s.num_tokens; ++i) {
+        const int64_t index = s.cached_tokens + i;
+        offsets.push_back(
+            cpu_cache.ByteOffset(layer, s.block_table[index / page], index % page));
+      }
+    }
+    const Tensor doff = up(offsets.data(), offsets.size() * 8);
+    const int64_t token_bytes = shape.token_bytes();
+    const int64_t bytes = layers * pages * page * token_bytes;
+    absl::StatusOr<Tensor> dcache = DeviceTensor(DType::kU8, {bytes});
     ASSERT_TRUE(dcache.ok());
     ASSERT_TRUE(FillDevice(dcache->raw(), 0xFF, dcache->bytes()).ok());
     MlaCacheWrite p;
@@ -86,44 +89,50 @@ TEST(CudaMlaCacheTest, WritesTheSameLatentsAsTheCpu) {
     p.positions = dpos.data<int32_t>();
     p.slot_offsets = doff.data<int64_t>();
     p.cache = dcache->raw();
-    p.bf16 = dtype == DType::kBF16;
+    p.format = dtype == DType::kF32    ? LatentFormat::kF32
+               : dtype == DType::kBF16 ? LatentFormat::kBF16
+                                       : LatentFormat::kFp8;
     ASSERT_EQ(LaunchMlaWriteCache(p, nullptr), cudaSuccess);
     ASSERT_TRUE(Synchronize().ok());
     std::vector<uint8_t> got(dcache->bytes());
     ASSERT_TRUE(CopyToHost(got.data(), dcache->raw(), got.size()).ok());
 
-    std::vector<char> written(elements, 0);
+    // Decode the device's bytes with the host's reader: copy them into a host cache.
+    LatentCache got_cache(shape);
+    std::memcpy(got_cache.storage().raw(), got.data(), got.size());
+    std::vector<char> written(bytes, 0);
     std::vector<float> want_rows(rows * dim), got_rows(rows * dim);
     int64_t r = 0;
     for (const SequenceSlice& s : batch.sequences) {
       cpu_cache.ReadTokens(layer, s.block_table, s.cached_tokens, s.num_tokens,
                            want_rows.data() + r * dim);
+      got_cache.ReadTokens(layer, s.block_table, s.cached_tokens, s.num_tokens,
+                           got_rows.data() + r * dim);
       r += s.num_tokens;
     }
     for (int64_t row = 0; row < rows; ++row) {
-      for (int64_t c = 0; c < dim; ++c) {
-        const int64_t e = offsets[row] + c;
-        written[e] = 1;
-        float v;
-        if (dtype == DType::kBF16) {
-          uint16_t h;
-          std::memcpy(&h, got.data() + 2 * e, 2);
-          v = Bf16ToFloat(h);
-        } else {
-          std::memcpy(&v, got.data() + 4 * e, 4);
-        }
-        got_rows[row * dim + c] = v;
-      }
+      std::fill_n(written.begin() + offsets[row], token_bytes, 1);
     }
-    // BF16: one rounding step apart at most (2^-8 relative); F32: float rounding.
-    const double rel = dtype == DType::kBF16 ? 8e-3 : 2e-6;
+    // BF16: one rounding step apart at most (2^-8 relative); F32: float rounding. FP8: the
+    // normalised values may differ in their last F32 bit (another summation order), which can
+    // move a value across an E4M3 rounding boundary: one E4M3 step is 2^-3 of a value, at
+    // most 1/16 of its group's largest magnitude (448 = 1.75 x 2^8).
+    const double rel = dtype == DType::kBF16 ? 8e-3 : dtype == DType::kF32 ? 2e-6 : 1.0 / 16;
     dserve::testing::ExpectAgree(got_rows.data(), want_rows.data(), rows * dim, 1e30, rel,
-                                 0.99999, "cached latents");
-    int64_t stray = 0;
-    for (int64_t e = 0; e < elements; ++e) {
-      if (written[e]) continue;
-      for (int64_t b = 0; b < esize; ++b) stray += got[e * esize + b] != 0xFF;
+                                 dtype == DType::kF8E4M3 ? 0.999 : 0.99999, "cached latents");
+    if (dtype == DType::kF8E4M3) {
+      // Nearly every byte equals the CPU's encoding: a differing one is a boundary case.
+      int64_t same = 0, total = 0;
+      const uint8_t* want_bytes = static_cast<const uint8_t*>(cpu_cache.storage().raw());
+      for (int64_t row = 0; row < rows; ++row) {
+        for (int64_t b = 0; b < token_bytes; ++b, ++total) {
+          same += got[offsets[row] + b] == want_bytes[offsets[row] + b];
+        }
+      }
+      EXPECT_GE(same, total * 99 / 100) << same << " of " << total << " bytes as the CPU's";
     }
+    int64_t stray = 0;
+    for (int64_t b = 0; b < bytes; ++b) stray += !written[b] && got[b] != 0xFF;
     EXPECT_EQ(stray, 0) << "bytes written outside the batch's slots";
   }
 }
