@@ -1,13 +1,23 @@
 // CudaOps' MLA: the latent-cache write and attention over the paged cache, with the per-row
 // metadata (positions, slots, causal key counts, block tables) built here on the host.
+#include <algorithm>
 #include <vector>
 
 #include "core/check.h"
 #include "kernels/cuda/cuda_ops.h"
+#include "kernels/cuda/mla/decode.h"
 #include "kernels/cuda/mla_attention.h"
 #include "kernels/cuda/mla_cache.h"
 
 namespace dserve::kernels::cuda {
+namespace {
+
+bool SameSequence(const MlaDecodeSequence& a, const MlaDecodeSequence& b) {
+  return a.row_begin == b.row_begin && a.num_rows == b.num_rows && a.keys == b.keys &&
+         a.table_offset == b.table_offset;
+}
+
+}  // namespace
 
 void CudaOps::MlaWriteCache(const Tensor& kv_a, const Tensor& kv_norm, float eps,
                             const RopeTable& rope, const AttentionBatch& batch, LatentCache& cache,
@@ -67,8 +77,9 @@ void CudaOps::MlaWriteCache(const Tensor& kv_a, const Tensor& kv_norm, float eps
 }
 
 // Every slice takes the absorbed form here, whatever MlaParams::mode says: it is the same
-// function (the CPU tests check both forms against each other), and the GPU's straightforward
-// kernel has one form; a naive-form prefill kernel belongs to the fast MLA work.
+// function (the CPU tests check both forms against each other). The attention itself runs on
+// the tensor cores (mla/decode.h: BF16 products, split over the keys) for BF16 and FP8 caches
+// with GemmMode::kTensorCores; F32 caches and kExact take mla_attention.cu's F32 kernel.
 void CudaOps::MlaAttention(const MlaParams& p, const Tensor& q, Tensor& out) {
   if (!Begin()) return;
   DSERVE_CHECK(p.batch && p.cache && p.kv_b && p.rope) << "MlaParams incomplete";
@@ -135,7 +146,58 @@ void CudaOps::MlaAttention(const MlaParams& p, const Tensor& q, Tensor& out) {
   a.softmax_scale = p.softmax_scale;
   a.workspace = workspace.data<float>();
   a.out = out.data<float>();
-  RecordLaunch(LaunchMlaAttention(a, stream_), "MlaAttention");
+  if (!UseDecodeKernel(s)) {
+    RecordLaunch(LaunchMlaAttention(a, stream_), "MlaAttention");
+    return;
+  }
+  // The split plan depends only on the step's sequences: made once, shared by every layer.
+  std::vector<MlaDecodeSequence> seqs;
+  for (const SequenceSlice& seq : p.batch->sequences) {
+    if (seq.num_tokens == 0) continue;
+    seqs.push_back({static_cast<int32_t>(seq.row_begin), static_cast<int32_t>(seq.num_tokens),
+                    static_cast<int32_t>(seq.cached_tokens + seq.num_tokens),
+                    rows[T + seq.row_begin]});
+  }
+  if (seqs.size() != plan_seqs_.size() || H != plan_heads_ ||
+      !std::equal(seqs.begin(), seqs.end(), plan_seqs_.begin(), SameSequence)) {
+    plan_seqs_.clear();
+    RecordLaunch(PlanMlaDecode(seqs.data(), seqs.size(), H, sms_, &plan_), "PlanMlaDecode");
+    if (Failed()) return;
+    plan_seqs_ = std::move(seqs);
+    plan_heads_ = H;
+  }
+  const void* d_plan = Stage(plan_data_, plan_.data.data(), plan_.data_bytes());
+  const size_t split_bytes = MlaDecodeWorkspaceBytes(plan_.schedule, s.kv_lora_rank);
+  Tensor splits = split_bytes > 0 ? Empty(DType::kU8, {static_cast<int64_t>(split_bytes)})
+                                  : Tensor();
+  if (Failed()) return;
+  MlaDecodeParams d;
+  d.q_cat = workspace.data<float>();
+  d.o_lat = workspace.data<float>() + T * H * (s.kv_lora_rank + s.rope_dim);
+  d.rows = T;
+  d.heads = H;
+  d.kv_lora = s.kv_lora_rank;
+  d.rope_dim = s.rope_dim;
+  d.cache = a.cache;
+  d.format = a.format;
+  d.page_size = s.page_size;
+  d.token_bytes = s.token_bytes();
+  d.block_tables = a.block_tables;
+  d.schedule = plan_.schedule;
+  d.plan_data = static_cast<const int32_t*>(d_plan);
+  d.workspace = split_bytes > 0 ? splits.raw() : nullptr;
+  d.workspace_bytes = split_bytes;
+  RecordLaunch(LaunchMlaAbsorbQuery(a, stream_), "MlaAbsorbQuery");
+  if (Failed()) return;
+  RecordLaunch(LaunchMlaDecode(d, stream_), "MlaDecode");
+  if (Failed()) return;
+  RecordLaunch(LaunchMlaOutput(a, stream_), "MlaOutput");
+}
+
+bool CudaOps::UseDecodeKernel(const LatentCacheShape& s) const {
+  return options_.gemm == GemmMode::kTensorCores && s.dtype != DType::kF32 &&
+         s.kv_lora_rank % 16 == 0 && s.kv_lora_rank <= kMlaDecodeMaxKvLora &&
+         s.rope_dim % 16 == 0 && s.rope_dim <= kMlaDecodeMaxRope;
 }
 
 }  // namespace dserve::kernels::cuda

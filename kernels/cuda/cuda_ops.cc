@@ -1,5 +1,6 @@
 #include "kernels/cuda/cuda_ops.h"
 
+#include <algorithm>
 #include <cstring>
 #include <limits>
 
@@ -66,6 +67,8 @@ absl::StatusOr<std::unique_ptr<CudaOps>> CudaOps::Create(const CudaOpsOptions& o
                                                    " visible)"));
   }
   DSERVE_CUDA_RETURN_IF_ERROR(cudaSetDevice(options.device));
+  const absl::StatusOr<DeviceInfo> info = GetDeviceInfo(options.device);
+  if (!info.ok()) return info.status();
   // Keep freed activations in the pool instead of returning them to the driver at every
   // synchronisation: a step allocates the same sizes again.
   cudaMemPool_t pool;
@@ -79,11 +82,13 @@ absl::StatusOr<std::unique_ptr<CudaOps>> CudaOps::Create(const CudaOpsOptions& o
     (void)cudaStreamDestroy(stream);
     return blas.status();
   }
-  return std::unique_ptr<CudaOps>(new CudaOps(options, stream, std::move(blas).value()));
+  return std::unique_ptr<CudaOps>(
+      new CudaOps(options, std::max(1, info->multiprocessors), stream, std::move(blas).value()));
 }
 
-CudaOps::CudaOps(const CudaOpsOptions& options, cudaStream_t stream, std::unique_ptr<BlasLt> blas)
-    : options_(options), stream_(stream), blas_(std::move(blas)) {}
+CudaOps::CudaOps(const CudaOpsOptions& options, int sms, cudaStream_t stream,
+                 std::unique_ptr<BlasLt> blas)
+    : options_(options), sms_(sms), stream_(stream), blas_(std::move(blas)) {}
 
 CudaOps::~CudaOps() {
   (void)cudaStreamSynchronize(stream_);

@@ -13,6 +13,7 @@
 #include "absl/status/statusor.h"
 #include "kernels/cuda/blas_lt.h"
 #include "kernels/cuda/latent_format.h"
+#include "kernels/cuda/mla/decode.h"
 #include "kernels/cuda/weight_view.h"
 #include "kernels/ops.h"
 
@@ -75,7 +76,8 @@ class CudaOps final : public Ops {
                   const Tensor& weights, Tensor& out) override;
 
  private:
-  CudaOps(const CudaOpsOptions& options, cudaStream_t stream, std::unique_ptr<BlasLt> blas);
+  CudaOps(const CudaOpsOptions& options, int sms, cudaStream_t stream,
+          std::unique_ptr<BlasLt> blas);
 
   // Keeps the first error; ops after it do nothing until TakeError().
   bool Failed() const { return !error_.ok(); }
@@ -99,7 +101,11 @@ class CudaOps final : public Ops {
   bool LinearFp8(const float* x, int64_t m, const Weight& w, float* out);
   bool LinearBf16(const float* x, int64_t m, const Weight& w, float* out);
 
+  // The tensor-core MLA kernel (mla/decode.h) takes this cache.
+  bool UseDecodeKernel(const LatentCacheShape& s) const;
+
   CudaOpsOptions options_;
+  int sms_ = 1;  // multiprocessors: the MLA split plan fills them
   cudaStream_t stream_;
   std::unique_ptr<BlasLt> blas_;
   absl::Status error_;
@@ -110,6 +116,12 @@ class CudaOps final : public Ops {
   int64_t rope_positions_ = 0, rope_dim_ = 0;
   std::vector<float> rope_last_;
   Tensor rope_cos_, rope_sin_;
+  // The MLA split plan of the sequences it was made for (reused while they repeat: every
+  // layer of a step) and its device copy.
+  std::vector<MlaDecodeSequence> plan_seqs_;
+  int64_t plan_heads_ = 0;
+  MlaDecodePlan plan_;
+  Staged plan_data_;
 };
 
 // A checkpoint weight as the kernels see it (its data and scales on the device).

@@ -251,15 +251,36 @@ size_t MlaAttentionWorkspaceFloats(int64_t rows, int64_t heads, int64_t kv_lora,
   return static_cast<size_t>(rows * heads * (2 * kv_lora + rope_dim));
 }
 
+namespace {
+
+dim3 ProjectionTiles(const MlaAttentionParams& p) {
+  return dim3(static_cast<unsigned>((p.rows + kRowTile - 1) / kRowTile),
+              static_cast<unsigned>(p.heads));
+}
+
+}  // namespace
+
+cudaError_t LaunchMlaAbsorbQuery(const MlaAttentionParams& p, cudaStream_t stream) {
+  if (!ValidShapes(p)) return cudaErrorInvalidValue;
+  if (p.rows == 0) return cudaSuccess;
+  if (!ValidPointers(p)) return cudaErrorInvalidValue;
+  AbsorbQueryKernel<<<ProjectionTiles(p), kThreads, 0, stream>>>(p, ScaleCols(p.kv_b));
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchMlaOutput(const MlaAttentionParams& p, cudaStream_t stream) {
+  if (!ValidShapes(p)) return cudaErrorInvalidValue;
+  if (p.rows == 0) return cudaSuccess;
+  if (!ValidPointers(p)) return cudaErrorInvalidValue;
+  OutputKernel<<<ProjectionTiles(p), kThreads, 0, stream>>>(p, ScaleCols(p.kv_b));
+  return cudaGetLastError();
+}
+
 cudaError_t LaunchMlaAttention(const MlaAttentionParams& p, cudaStream_t stream) {
   if (!ValidShapes(p)) return cudaErrorInvalidValue;
   if (p.rows == 0) return cudaSuccess;
   if (!ValidPointers(p)) return cudaErrorInvalidValue;
-  const int64_t scale_cols = ScaleCols(p.kv_b);
-  const dim3 tiles(static_cast<unsigned>((p.rows + kRowTile - 1) / kRowTile),
-                   static_cast<unsigned>(p.heads));
-  AbsorbQueryKernel<<<tiles, kThreads, 0, stream>>>(p, scale_cols);
-  if (const cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
+  if (const cudaError_t e = LaunchMlaAbsorbQuery(p, stream); e != cudaSuccess) return e;
   const unsigned items = static_cast<unsigned>(p.rows * p.heads);
   switch (p.format) {
     case LatentFormat::kF32: AttendKernel<LatentFormat::kF32><<<items, kThreads, 0, stream>>>(p); break;
@@ -269,8 +290,7 @@ cudaError_t LaunchMlaAttention(const MlaAttentionParams& p, cudaStream_t stream)
     case LatentFormat::kFp8: AttendKernel<LatentFormat::kFp8><<<items, kThreads, 0, stream>>>(p); break;
   }
   if (const cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
-  OutputKernel<<<tiles, kThreads, 0, stream>>>(p, scale_cols);
-  return cudaGetLastError();
+  return LaunchMlaOutput(p, stream);
 }
 
 }  // namespace dserve::kernels::cuda

@@ -61,4 +61,11 @@ size_t MlaAttentionWorkspaceFloats(int64_t rows, int64_t heads, int64_t kv_lora,
 // every key a row attends to lies in a page of its table and every position in cos/sin.
 cudaError_t LaunchMlaAttention(const MlaAttentionParams& p, cudaStream_t stream);
 
+// The two projections around the attention alone, for callers that attend with another kernel
+// (mla/decode.h, on tensor cores): q_cat into the workspace's first part (W_UK-absorbed,
+// RoPE'd, times the softmax scale), and later `out` from the normalised latent outputs o_lat
+// that kernel wrote into the workspace's second part.
+cudaError_t LaunchMlaAbsorbQuery(const MlaAttentionParams& p, cudaStream_t stream);
+cudaError_t LaunchMlaOutput(const MlaAttentionParams& p, cudaStream_t stream);
+
 }  // namespace dserve::kernels::cuda

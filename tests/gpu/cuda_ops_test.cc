@@ -945,6 +945,21 @@ TEST_F(CudaOpsTest, MlaWriteCacheThenAttentionMatchCpu) {
       ExpectAgree(attended.data(), reference.data<float>(), reference.numel(), kNoAbs, 1e-4,
                   0.99999, "attention output");
     }
+    if (dtype != DType::kBF16) continue;
+    // GemmMode::kTensorCores attends over BF16 caches with mla/decode.h's kernel: queries and
+    // probabilities rounded to BF16 for the products (mla_decode_test.cc's bound: 3e-2 of the
+    // largest output, cosine 0.9995).
+    Tensor tc_out = Poisoned(*tensor_cores_, DType::kF32, {rows, kHeads * kV});
+    tensor_cores_->MlaAttention(device_params, dq, tc_out);
+    DSERVE_ASSERT_OPS_OK(*tensor_cores_);
+    const std::vector<float> tc = Read<float>(*tensor_cores_, tc_out);
+    params.mode = MlaMode::kAbsorbed;
+    Tensor reference = Tensor::Zeros(DType::kF32, {rows, kHeads * kV});
+    cpu_.MlaAttention(params, q, reference);
+    ExpectAgree(tc.data(), reference.data<float>(), reference.numel(), kNoAbs, 3e-2, 0.9995,
+                "tensor-core attention output");
+    // The tensor-core path really ran: BF16 products leave more than F32 rounding.
+    EXPECT_GT(Compare(tc.data(), reference.data<float>(), reference.numel()).rel, 1e-6);
   }
 }
 

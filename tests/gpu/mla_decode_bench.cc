@@ -5,6 +5,7 @@
 // key's cache bytes, q_cat and o_lat), GB/s and its share of the copy's, TFLOPS, and the time of
 // s_q = 2 over s_q = 1. Prints a table.
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <numeric>
 #include <random>
@@ -147,7 +148,7 @@ absl::Status Run() {
   std::vector<Result> results;
   for (const LatentFormat format : {LatentFormat::kBF16, LatentFormat::kFp8}) {
     DSERVE_ASSIGN_OR_RETURN(Tensor cache, RandomCache(format, rng));
-    const int64_t token_bytes = MlaDecodeTokenBytes(format, kKvLora, kRope);
+    const int64_t token_bytes = LatentTokenBytes(format, kKvLora, kRope);
     for (const int64_t context : {4096, 8192}) {
       for (const int64_t heads : {16, 128}) {
         for (const int32_t s_q : {1, 2}) {
@@ -187,6 +188,13 @@ absl::Status Run() {
             return absl::OkStatus();
           };
           DSERVE_ASSIGN_OR_RETURN(const double s, MedianSeconds(decode, kWarmup, kReps));
+          // A sanity check, not a test (mla_decode_test is): the first sequence's outputs exist.
+          std::vector<float> first(static_cast<size_t>(s_q * heads * kKvLora));
+          DSERVE_RETURN_IF_ERROR(
+              CopyToHost(first.data(), d_out.raw(), first.size() * sizeof(float)));
+          if (!std::all_of(first.begin(), first.end(), [](float x) { return std::isfinite(x); })) {
+            return absl::InternalError("non-finite outputs");
+          }
           const double rows = static_cast<double>(kBatch) * s_q * heads;
           const double bytes = static_cast<double>(kBatch) * context * token_bytes +
                                rows * dim * sizeof(float) + rows * kKvLora * sizeof(float);

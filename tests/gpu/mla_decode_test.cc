@@ -46,15 +46,16 @@ constexpr int64_t kSparePages = 3;  // pages no sequence owns (NaN)
 constexpr int kH200Sms = 132;
 
 // Inputs of the MMAs are BF16 (q_cat rounded, F32 and dequantised FP8 keys rounded, P rounded),
-// accumulation F32. Scores here are about N(0, 2^2) over 576 products: BF16's 2^-9 relative
-// rounding of each factor moves a score by about 4e-3, so each softmax weight by about 0.4%
-// (independently per key), plus 2^-9 on each P. A sequence's outputs are weighted means of its
-// latents, so the max error stays below 1e-2 of the largest reference output of the sequence
-// (about 2e-3 measured by emulating the kernel's roundings on the CPU, 2e-3 to 4e-3 for FP8)
-// and the relative RMS error near 2e-3 (cosine above 0.99999). rel 2e-2 and cosine 0.9995
-// leave a 5-10x margin; a row that sees one key too many or too few among 3 to 65 is off by
-// 1e-1 or more (the controls below check that it fails).
-constexpr double kRel = 2e-2;
+// accumulation F32; the reference is float64 on the unrounded q_cat and the stored values.
+// Scores here are about N(0, 2.6^2) over 576 products, so BF16's 2^-9 relative rounding of each
+// factor moves a score by about 4e-3 and each softmax weight by as much, independently per key.
+// Outputs are weighted means of latents of up to 3 in magnitude: with a handful of keys the
+// largest error is about 1e-2 of the sequence's largest output (the kernel's roundings emulated
+// on the CPU over these very cases: BF16 caches up to 9.5e-3, F32 and FP8 up to 1.2e-2, cosine
+// at least 0.99998). rel 3e-2 leaves a 2.5x margin, cosine 0.9995 (3% relative RMS error) more;
+// a mask one key off among 3 to 70 keys moves outputs by 1e-1 or more (the controls check that
+// it fails).
+constexpr double kRel = 3e-2;
 constexpr double kCosine = 0.9995;
 
 LatentFormat FormatOf(DType dtype) {
@@ -141,7 +142,8 @@ Batch MakeBatch(const Shape& s, DType dtype, const std::vector<Seq>& seqs, uint3
     if (q.keys > 0) b.cache.ReadTokens(kLayer, table, 0, q.keys, stored.data());
     b.values.push_back(std::move(stored));
   }
-  // Scores of about N(0, 2^2): softmax neither flat nor one-hot.
+  // Scores of a few units (about N(0, 2.6^2) with the gains above): softmax neither flat nor
+  // one-hot.
   const float sigma = 2.0f / std::sqrt(0.75f * static_cast<float>(b.dim()));
   std::normal_distribution<float> normal(0.0f, sigma);
   b.q.resize(static_cast<size_t>(b.rows * s.heads * b.dim()));
@@ -344,14 +346,15 @@ TEST(MlaDecodeTest, LongContexts) {
 
 // A tiny model's shapes: kv_lora 128 and rope 16 leave most of the padded 576 columns empty;
 // 4 heads (a 16-row tile mostly padding), 16-token pages, and an FP8 token of 164 bytes (copied
-// 4 bytes at a time). kv_lora 256 with rope 32: two FP8 scale groups, 328-byte tokens.
+// 4 bytes at a time). kv_lora 256 with rope 32: two FP8 scale groups, 328-byte tokens. Rows
+// that see no key (a sequence with none, the first of two rows over one key) get zeros.
 TEST(MlaDecodeTest, SmallModelShapes) {
   DSERVE_SKIP_WITHOUT_GPU();
   const std::vector<RunSpec> runs = {{1, Splits::kNone}, {kH200Sms, Splits::kSome}};
   uint32_t seed = 200;
   for (const DType dtype : {DType::kBF16, DType::kF8E4M3, DType::kF32}) {
-    ExpectMatches({4, 128, 16, 16}, dtype, {{40, 1}, {3, 3}, {17, 2}, {100, 1}, {1, 1}}, runs,
-                  seed++);
+    ExpectMatches({4, 128, 16, 16}, dtype,
+                  {{40, 1}, {3, 3}, {0, 1}, {17, 2}, {100, 1}, {1, 2}}, runs, seed++);
     ExpectMatches({8, 256, 32, 32}, dtype, {{300, 1}, {33, 4}, {64, 2}}, runs, seed++);
   }
 }
@@ -361,7 +364,7 @@ TEST(MlaDecodeTest, SmallModelShapes) {
 TEST(MlaDecodeTest, ControlsOffByOneKeyFail) {
   DSERVE_SKIP_WITHOUT_GPU();
   Shape shape;
-  const Batch b = MakeBatch(shape, DType::kBF16, {{3, 2}, {70, 2}, {130, 2}}, 300);
+  const Batch b = MakeBatch(shape, DType::kBF16, {{3, 2}, {66, 2}, {70, 2}}, 300);
   DeviceBatch device(b);
   for (const int sms : {1, kH200Sms}) {
     SCOPED_TRACE("plan for " + std::to_string(sms) + " SMs");
@@ -540,13 +543,13 @@ TEST(MlaDecodeArgsTest, RejectsBadArgumentsAndAcceptsAnEmptyPlan) {
   empty.kv_lora = 512;
   empty.rope_dim = 64;
   empty.format = LatentFormat::kBF16;
-  empty.token_bytes = MlaDecodeTokenBytes(LatentFormat::kBF16, 512, 64);
+  empty.token_bytes = LatentTokenBytes(LatentFormat::kBF16, 512, 64);
   empty.schedule = empty_plan.schedule;
   EXPECT_EQ(LaunchMlaDecode(empty, nullptr), cudaSuccess);
-  EXPECT_EQ(MlaDecodeTokenBytes(LatentFormat::kFp8, 512, 64), 656);
-  EXPECT_EQ(MlaDecodeTokenBytes(LatentFormat::kBF16, 512, 64), 1152);
-  EXPECT_EQ(MlaDecodeTokenBytes(LatentFormat::kF32, 512, 64), 2304);
-  EXPECT_EQ(MlaDecodeTokenBytes(LatentFormat::kFp8, 128, 16), 164);
+  EXPECT_EQ(LatentTokenBytes(LatentFormat::kFp8, 512, 64), 656);
+  EXPECT_EQ(LatentTokenBytes(LatentFormat::kBF16, 512, 64), 1152);
+  EXPECT_EQ(LatentTokenBytes(LatentFormat::kF32, 512, 64), 2304);
+  EXPECT_EQ(LatentTokenBytes(LatentFormat::kFp8, 128, 16), 164);
 
   // A plan with splits: one sequence over 132 SMs.
   const MlaDecodeSequence seq{0, 1, 4096, 0};
@@ -573,19 +576,19 @@ TEST(MlaDecodeArgsTest, RejectsBadArgumentsAndAcceptsAnEmptyPlan) {
   expect_invalid(p, "kv_lora 0");
   p = full;
   p.kv_lora = 520;
-  p.token_bytes = MlaDecodeTokenBytes(LatentFormat::kBF16, 520, 64);
+  p.token_bytes = LatentTokenBytes(LatentFormat::kBF16, 520, 64);
   expect_invalid(p, "kv_lora above 512");
   p = full;
   p.kv_lora = 504;
-  p.token_bytes = MlaDecodeTokenBytes(LatentFormat::kBF16, 504, 64);
+  p.token_bytes = LatentTokenBytes(LatentFormat::kBF16, 504, 64);
   expect_invalid(p, "kv_lora not a multiple of 16");
   p = full;
   p.rope_dim = 8;
-  p.token_bytes = MlaDecodeTokenBytes(LatentFormat::kBF16, 512, 8);
+  p.token_bytes = LatentTokenBytes(LatentFormat::kBF16, 512, 8);
   expect_invalid(p, "rope not a multiple of 16");
   p = full;
   p.rope_dim = 80;
-  p.token_bytes = MlaDecodeTokenBytes(LatentFormat::kBF16, 512, 80);
+  p.token_bytes = LatentTokenBytes(LatentFormat::kBF16, 512, 80);
   expect_invalid(p, "rope above 64");
   p = full;
   p.page_size = 0;

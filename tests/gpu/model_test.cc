@@ -7,6 +7,7 @@
 // the CPU engine's greedy tokens. Skipped without a GPU.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <map>
 #include <memory>
@@ -44,8 +45,8 @@ const std::string& PresetDir(const std::string& preset) {
 }
 
 struct Tolerance {
-  double rel;     // max |gpu - cpu| / max |cpu| over a step's logits
-  double cosine;  // of the whole logits matrix
+  double rel;          // max |gpu - cpu| / max |cpu| over a step's logits
+  double mean_cosine;  // mean over rows of each row's cosine similarity
 };
 
 // One step's inputs, shared by both backends.
@@ -103,15 +104,28 @@ StepInput Decode(std::mt19937& rng, int32_t vocab) {
   return s;
 }
 
-void ExpectClose(const std::vector<float>& gpu, const std::vector<float>& cpu,
+void ExpectClose(const std::vector<float>& gpu, const std::vector<float>& cpu, int64_t vocab,
                  const Tolerance& tol, const std::string& what) {
   ASSERT_EQ(gpu.size(), cpu.size()) << what;
   const dserve::testing::Agreement a =
       dserve::testing::Compare(gpu.data(), cpu.data(), static_cast<int64_t>(cpu.size()));
-  std::printf("%-40s rel %.3g, cosine %.8f\n", what.c_str(), a.rel, a.cosine);
+  const int64_t rows = static_cast<int64_t>(cpu.size()) / vocab;
+  double sum = 0, worst = 1;
+  int64_t same_argmax = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* g = gpu.data() + r * vocab;
+    const float* c = cpu.data() + r * vocab;
+    const double cos = dserve::testing::Compare(g, c, vocab).cosine;
+    sum += cos;
+    worst = std::min(worst, cos);
+    same_argmax += std::max_element(g, g + vocab) - g == std::max_element(c, c + vocab) - c;
+  }
+  std::printf("%-44s rel %.3g, row cosine mean %.6f min %.6f, argmax %lld/%lld\n", what.c_str(),
+              a.rel, sum / rows, worst, static_cast<long long>(same_argmax),
+              static_cast<long long>(rows));
   EXPECT_EQ(a.non_finite, 0) << what;
   EXPECT_LE(a.rel, tol.rel) << what;
-  EXPECT_GE(a.cosine, tol.cosine) << what;
+  EXPECT_GE(sum / rows, tol.mean_cosine) << what;
 }
 
 struct Case {
@@ -144,12 +158,12 @@ TEST_P(GpuModelTest, LogitsMatchTheCpu) {
   ASSERT_TRUE(cpu.Run(prefill).ok());
   const absl::Status ran = gpu.Run(prefill);
   ASSERT_TRUE(ran.ok()) << ran;
-  ExpectClose(gpu.out.logits, cpu.out.logits, c.tol, c.preset + " prefill (61 rows)");
+  ExpectClose(gpu.out.logits, cpu.out.logits, vocab, c.tol, c.preset + " prefill (61 rows)");
 
   const StepInput decode = Decode(rng, vocab);
   ASSERT_TRUE(cpu.Run(decode).ok());
   ASSERT_TRUE(gpu.Run(decode).ok());
-  ExpectClose(gpu.out.logits, cpu.out.logits, c.tol, c.preset + " decode (s_q 1 and 2)");
+  ExpectClose(gpu.out.logits, cpu.out.logits, vocab, c.tol, c.preset + " decode (s_q 1 and 2)");
 
   if (!cpu.model->has_mtp()) return;
   // The MTP module over A's prompt, fed each backend's own hidden states of the decode step
@@ -172,29 +186,35 @@ TEST_P(GpuModelTest, LogitsMatchTheCpu) {
   const absl::Status mtp = gpu.model->ForwardMtpOverPrompt(prompt, gpu.out.hidden, pages,
                                                            MlaMode::kAuto, gpu.cache, &gpu_mtp);
   ASSERT_TRUE(mtp.ok()) << mtp;
-  ExpectClose(gpu_mtp, cpu_mtp, c.tol, c.preset + " MTP over a prompt");
+  ExpectClose(gpu_mtp, cpu_mtp, vocab, c.tol, c.preset + " MTP over a prompt");
 }
 
-// Exact: the same F32 arithmetic in another order through 2-4 layers; 1e-3 of the largest
-// logit is the tolerance the CPU backend meets against float64 (tests/models), so agreement
-// within it says both compute the same function. BF16 caches add one rounding of values that
-// may differ in their last F32 bits, so a few cache entries may differ by one BF16 step.
-// Tensor cores: activations rounded to E4M3 (3 mantissa bits: up to 2^-4 relative, ~2.5% rms
-// per element) at every FP8 projection and products rounded to BF16; errors of a few percent
-// of the largest logit are expected, and a routing decision near a tie may flip for a token.
-// cosine >= 0.99 still fails on any wrong layout (scales transposed, a missing head: ~0.1-0.7).
+// Exact with an F32 cache: the same F32 arithmetic in another order through 2-4 layers; 1e-3 of
+// the largest logit is the tolerance the CPU backend meets against float64 (tests/models), so
+// agreement within it says both compute the same function. With BF16/FP8 caches a stored value
+// may round the other way where the F32 values before rounding differ in their last bits; on
+// these random-weight models one such flip can move a chaotic row a lot (tests/models: a BF16
+// instead of an F32 cache moves tiny-v3's worst row to cosine 0.92 while the mean stays
+// 0.999), so the mean row cosine is the criterion there, and the worst error is bounded only
+// loosely. Tensor cores: activations rounded to E4M3 (up to 2^-4, ~2.5% rms per element) at
+// every FP8 projection, BF16 elsewhere and in the MLA products: the bounds are estimates, not
+// yet measured on a GPU (its first run calibrates them); any wrong layout (scales transposed,
+// a head or expert missed) gives mean cosines far below them.
 INSTANTIATE_TEST_SUITE_P(
     Presets, GpuModelTest,
     ::testing::Values(Case{"tiny-v3", GemmMode::kExact, DType::kF32, {1e-3, 0.99999}},
-                      Case{"tiny-v3", GemmMode::kExact, DType::kBF16, {1e-2, 0.9999}},
+                      Case{"tiny-v3", GemmMode::kExact, DType::kBF16, {0.5, 0.999}},
+                      Case{"tiny-v3", GemmMode::kExact, DType::kF8E4M3, {0.5, 0.999}},
                       Case{"tiny-v2", GemmMode::kExact, DType::kF32, {1e-3, 0.99999}},
-                      Case{"tiny-v2", GemmMode::kTensorCores, DType::kBF16, {5e-2, 0.999}},
+                      Case{"tiny-v2", GemmMode::kTensorCores, DType::kBF16, {1.0, 0.98}},
                       Case{"small-v3", GemmMode::kExact, DType::kF32, {1e-3, 0.99999}},
-                      Case{"small-v3", GemmMode::kTensorCores, DType::kBF16, {0.15, 0.99}}),
+                      Case{"small-v3", GemmMode::kTensorCores, DType::kBF16, {1.0, 0.9}}),
     [](const ::testing::TestParamInfo<Case>& info) {
       std::string name = info.param.preset + (info.param.gemm == GemmMode::kExact ? "_exact"
                                                                                 : "_tensor_cores");
-      name += info.param.cache == DType::kF32 ? "_f32_cache" : "_bf16_cache";
+      name += info.param.cache == DType::kF32    ? "_f32_cache"
+              : info.param.cache == DType::kBF16 ? "_bf16_cache"
+                                                 : "_fp8_cache";
       for (char& ch : name) {
         if (ch == '-') ch = '_';
       }

@@ -728,15 +728,6 @@ bool ValidSchedule(const MlaDecodeSchedule& s) {
 
 }  // namespace
 
-int64_t MlaDecodeTokenBytes(LatentFormat format, int64_t kv_lora, int64_t rope_dim) {
-  switch (format) {
-    case LatentFormat::kF32: return (kv_lora + rope_dim) * 4;
-    case LatentFormat::kBF16: return (kv_lora + rope_dim) * 2;
-    case LatentFormat::kFp8: return kv_lora + CeilDiv(kv_lora, 128) * 4 + rope_dim * 2;
-  }
-  return 0;
-}
-
 cudaError_t PlanMlaDecode(const MlaDecodeSequence* seqs, size_t count, int64_t heads, int sms,
                           MlaDecodePlan* plan) {
   if (plan == nullptr || heads < 1 || heads > std::numeric_limits<int32_t>::max() || sms < 1 ||
@@ -852,7 +843,7 @@ cudaError_t LaunchMlaDecode(const MlaDecodeParams& p, cudaStream_t stream) {
       p.format != LatentFormat::kFp8) {
     return cudaErrorInvalidValue;
   }
-  if (p.token_bytes != MlaDecodeTokenBytes(p.format, p.kv_lora, p.rope_dim)) {
+  if (p.token_bytes != LatentTokenBytes(p.format, p.kv_lora, p.rope_dim)) {
     return cudaErrorInvalidValue;
   }
   if (s.num_seqs == 0) return cudaSuccess;

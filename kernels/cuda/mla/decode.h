@@ -12,11 +12,11 @@
 
 #include <cuda_runtime_api.h>
 
-namespace dserve::kernels::cuda {
+// LatentFormat (F32, BF16, or FP8 = E4M3 latent, an F32 scale per 128 values, BF16 k_pe) and
+// LatentTokenBytes, shared with the other MLA kernels.
+#include "kernels/cuda/latent_format.h"
 
-// The token formats of kernels/latent_cache.h: F32 and BF16 [kv_lora | rope] values, or FP8
-// [kv_lora E4M3 bytes][ceil(kv_lora / 128) F32 scales][rope BF16] (value = fp8 * scale).
-enum class LatentFormat { kF32, kBF16, kFp8 };
+namespace dserve::kernels::cuda {
 
 // Shape limits (DeepSeek-V2/V3 sit at the ceilings): kv_lora and rope_dim must be multiples of
 // 16 (tensor-core k-steps and 16-byte copies), kv_lora in [16, 512], rope_dim in [0, 64].
@@ -24,9 +24,6 @@ inline constexpr int64_t kMlaDecodeMaxKvLora = 512;
 inline constexpr int64_t kMlaDecodeMaxRope = 64;
 // Keys per tile and per unit of the split schedule.
 inline constexpr int kMlaDecodeBlockKeys = 64;
-
-// Bytes of one cached token of one layer in `format` (LatentCacheShape::token_bytes()).
-int64_t MlaDecodeTokenBytes(LatentFormat format, int64_t kv_lora, int64_t rope_dim);
 
 // One sequence's rows in a step, described on the host.
 struct MlaDecodeSequence {
@@ -99,7 +96,7 @@ struct MlaDecodeParams {
   int64_t kv_lora = 0;     // 512
   int64_t rope_dim = 0;    // 64
   // This layer's first page (LatentCache::ByteOffset(layer, 0, 0) into its storage): pages of
-  // page_size tokens, token_bytes apart (MlaDecodeTokenBytes). 16-byte aligned for F32 and
+  // page_size tokens, token_bytes apart (LatentTokenBytes). 16-byte aligned for F32 and
   // BF16, 4-byte for FP8.
   const void* cache = nullptr;
   LatentFormat format = LatentFormat::kBF16;
