@@ -10,6 +10,7 @@
 #include <iterator>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <set>
 #include <vector>
 
@@ -19,6 +20,7 @@
 #include "core/check.h"
 #include "core/dtype.h"
 #include "core/progress.h"
+#include "core/thread_pool.h"
 #include "models/config.h"
 #include "models/presets.h"
 #include "models/safetensors.h"
@@ -289,7 +291,7 @@ absl::Status WriteText(const fs::path& path, const std::string& text) {
 // Writes one shard: header (tensors ordered by element size, largest first, so every tensor
 // stays aligned to its element size, as the safetensors library does), then the data.
 absl::Status WriteShard(const fs::path& path, std::vector<const TensorSpec*> tensors,
-                        const Source& source, Progress& progress) {
+                        const Source& source, const std::function<void(int64_t)>& advance) {
   std::stable_sort(tensors.begin(), tensors.end(), [](const TensorSpec* a, const TensorSpec* b) {
     return DTypeSize(a->dtype) > DTypeSize(b->dtype);
   });
@@ -315,7 +317,7 @@ absl::Status WriteShard(const fs::path& path, std::vector<const TensorSpec*> ten
     absl::StatusOr<std::vector<uint8_t>> bytes = Produce(*t, source);
     if (!bytes.ok()) return bytes.status();
     ok = std::fwrite(bytes->data(), 1, bytes->size(), f.get()) == bytes->size();
-    progress.Advance(t->bytes());
+    advance(t->bytes());
   }
   ok = std::fclose(f.release()) == 0 && ok;
   if (!ok) return absl::DataLossError(absl::StrCat("short write to ", path.string()));
@@ -418,11 +420,25 @@ absl::Status GenerateModel(const GenerateOptions& o) {
   std::vector<std::pair<std::string, std::string>> entries;
   Progress progress(absl::StrCat("writing ", what, " to ", o.out_dir), total, "B",
                     o.show_progress);
+  // Shards are independent (each tensor draws from its own seed), so they are written in
+  // parallel: DeepSeek-V3-sized checkpoints (tens of GB) are generated on the GPU machine.
+  std::mutex mu;
+  const auto advance = [&](int64_t bytes) {
+    std::lock_guard<std::mutex> lock(mu);
+    progress.Advance(bytes);
+  };
+  std::vector<absl::Status> written(shards.size());
+  std::vector<std::string> files(shards.size());
+  ThreadPool pool(o.threads);
+  pool.ParallelFor(static_cast<int64_t>(shards.size()), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      files[i] = absl::StrFormat("model-%05d-of-%05d.safetensors", i + 1, shards.size());
+      written[i] = WriteShard(out / files[i], shards[i], source, advance);
+    }
+  });
+  for (const absl::Status& st : written) DSERVE_RETURN_IF_ERROR(st);
   for (size_t i = 0; i < shards.size(); ++i) {
-    const std::string file = absl::StrFormat("model-%05d-of-%05d.safetensors", i + 1,
-                                             shards.size());
-    DSERVE_RETURN_IF_ERROR(WriteShard(out / file, shards[i], source, progress));
-    for (const TensorSpec* s : shards[i]) entries.emplace_back(s->name, file);
+    for (const TensorSpec* s : shards[i]) entries.emplace_back(s->name, files[i]);
   }
   progress.Finish();
   std::sort(entries.begin(), entries.end());

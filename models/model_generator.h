@@ -26,6 +26,8 @@ struct GenerateOptions {
   // Shards are cut when they would exceed this many bytes.
   int64_t max_shard_bytes = int64_t{100} << 20;
   bool show_progress = true;
+  // Shards written at once (<= 0: one per hardware thread); the bytes do not depend on it.
+  int threads = 0;
 };
 
 absl::Status GenerateModel(const GenerateOptions& options);

@@ -347,6 +347,60 @@ TEST(MtpSharing, IdenticalMtpEmbeddingAndHeadAreLoadedOnce) {
   EXPECT_EQ(w->mtp_bytes_shared, config->vocab_size * config->hidden_size * 2);
 }
 
+// v3-layers-N: the published DeepSeek-V3 dimensions, N layers (the first dense), no MTP.
+TEST(PresetCatalog, V3LayersHasDeepSeekV3sDimensions) {
+  auto p = FindPreset("v3-layers-2");
+  ASSERT_TRUE(p.ok()) << p.status();
+  auto c = ParseModelConfig(p->config.dump(), p->name);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->hidden_size, 7168);
+  EXPECT_EQ(c->num_hidden_layers, 2);
+  EXPECT_EQ(c->num_attention_heads, 128);
+  EXPECT_EQ(c->q_lora_rank, 1536);
+  EXPECT_EQ(c->kv_lora_rank, 512);
+  EXPECT_EQ(c->qk_nope_head_dim, 128);
+  EXPECT_EQ(c->qk_rope_head_dim, 64);
+  EXPECT_EQ(c->v_head_dim, 128);
+  EXPECT_EQ(c->n_routed_experts, 256);
+  EXPECT_EQ(c->moe_intermediate_size, 2048);
+  EXPECT_EQ(c->intermediate_size, 18432);
+  EXPECT_EQ(c->num_experts_per_tok, 8);
+  EXPECT_EQ(c->n_group, 8);
+  EXPECT_EQ(c->topk_group, 4);
+  EXPECT_EQ(c->first_k_dense_replace, 1);
+  EXPECT_EQ(c->vocab_size, 129280);
+  EXPECT_TRUE(c->fp8);
+  EXPECT_EQ(c->num_nextn_predict_layers, 0);
+  for (const char* bad : {"v3-layers-0", "v3-layers-62", "v3-layers-x", "v3-layers-"}) {
+    auto q = FindPreset(bad);
+    ASSERT_FALSE(q.ok()) << bad;
+    EXPECT_NE(q.status().message().find("1 to 61"), std::string::npos) << q.status();
+  }
+}
+
+// The generator's shards are written in parallel; the bytes must not depend on the threads.
+TEST(PresetCatalog, ShardsWrittenInParallelAreTheSameBytes) {
+  std::map<int, std::string> dirs;
+  for (const int threads : {1, 3}) {
+    GenerateOptions o;
+    o.preset = "tiny-v2";
+    o.seed = 5;
+    o.out_dir = testing::ScratchDir("parallel") + "/model";
+    o.show_progress = false;
+    o.max_shard_bytes = 8 << 20;  // many shards
+    o.threads = threads;
+    ASSERT_TRUE(GenerateModel(o).ok());
+    dirs[threads] = o.out_dir;
+  }
+  int shards = 0;
+  for (const auto& entry : fs::directory_iterator(dirs[1])) {
+    shards += entry.path().extension() == ".safetensors";
+    EXPECT_EQ(ReadFile(entry.path()), ReadFile(fs::path(dirs[3]) / entry.path().filename()))
+        << entry.path().filename();
+  }
+  EXPECT_GE(shards, 4);
+}
+
 TEST(PresetCatalog, UnknownPresetNamesTheKnownOnes) {
   auto p = FindPreset("tiny-v9");
   ASSERT_FALSE(p.ok());
