@@ -120,6 +120,9 @@ class Ops {
   // bias ([experts] F32, may be empty) only affects which experts are chosen.
   virtual void MoeRoute(const Tensor& x, const Weight& router, const Tensor& bias,
                         const RouterConfig& config, Tensor& ids, Tensor& weights) = 0;
+  // counts[e] += how many entries of ids equal e (I32 [experts] on this backend's device,
+  // wrapping at 2^32): the router's load for the metrics, without a copy per layer.
+  virtual void CountExperts(const Tensor& ids, Tensor& counts) = 0;
   // out = sum over k of weights[t, k] * experts[ids[t, k]](x[t]).
   virtual void MoeExperts(const Tensor& x, std::span<const MlpWeights> experts,
                           const Tensor& ids, const Tensor& weights, Tensor& out) = 0;

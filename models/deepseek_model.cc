@@ -221,9 +221,36 @@ void DeepseekModel::RecordExpertLoad(int layer, const Tensor& ids) {
     expert_load_.Record(layer, ids.data<int32_t>(), ids.numel());
     return;
   }
-  expert_ids_host_.resize(ids.numel());
-  ops_.CopyToHost(ids, expert_ids_host_.data());
-  expert_load_.Record(layer, expert_ids_host_.data(), ids.numel());
+  // A device backend counts on the device (no copy, no wait per layer); FlushExpertLoad
+  // reads the counters once per step.
+  const std::vector<int>& layers = expert_load_.layers();
+  const auto it = std::find(layers.begin(), layers.end(), layer);
+  if (it == layers.end()) return;
+  if (device_counts_.empty()) {
+    Tensor zeros = Tensor::Zeros(DType::kI32, {static_cast<int64_t>(layers.size()),
+                                               config_.n_routed_experts});
+    if (!ops_.PlaceTensor(zeros).ok()) return;  // metrics only: the step reports the error
+    device_counts_ = std::move(zeros);
+    counts_seen_.assign(device_counts_.numel(), 0);
+  }
+  Tensor row = device_counts_.Rows(it - layers.begin(), 1);
+  ops_.CountExperts(ids, row);
+}
+
+void DeepseekModel::FlushExpertLoad() {
+  if (device_counts_.empty()) return;
+  std::vector<uint32_t> now(device_counts_.numel());
+  ops_.CopyToHost(device_counts_, now.data());
+  const int64_t E = config_.n_routed_experts;
+  std::vector<int64_t> delta(E);
+  for (size_t i = 0; i < expert_load_.layers().size(); ++i) {
+    for (int64_t e = 0; e < E; ++e) {
+      // Unsigned differences survive the counters' wrap at 2^32.
+      delta[e] = static_cast<uint32_t>(now[i * E + e] - counts_seen_[i * E + e]);
+    }
+    expert_load_.AddCounts(i, delta.data());
+  }
+  counts_seen_ = std::move(now);
 }
 
 void DeepseekModel::Logits(const Weight& head, const Tensor& x, std::span<const int32_t> rows,
@@ -262,6 +289,7 @@ absl::Status DeepseekModel::Forward(const ForwardInput& in, LatentCache& cache,
   out->hidden = ops_.Empty(DType::kF32, {T, c.hidden_size});
   ops_.RmsNorm(x, weights_.final_norm, static_cast<float>(c.rms_norm_eps), out->hidden);
   Logits(weights_.lm_head, out->hidden, in.logit_rows, &out->logits);
+  FlushExpertLoad();
   return ops_.TakeError();
 }
 
@@ -295,6 +323,7 @@ absl::Status DeepseekModel::ForwardMtp(const MtpInput& in, LatentCache& cache,
   ops_.RmsNorm(x, m.head_norm, eps, x);
   Logits(m.head, x, in.logit_rows, logits);
   if (in.hidden_out) *in.hidden_out = std::move(x);
+  FlushExpertLoad();
   return ops_.TakeError();
 }
 

@@ -109,8 +109,10 @@ class DeepseekModel {
   void Block(const BlockWeights& w, int layer, int cache_layer, const Step& step, Tensor& x);
   Tensor Attention(const AttentionWeights& w, int cache_layer, const Step& step, const Tensor& h);
   Tensor Mlp(const MlpWeights& w, const Tensor& h);
-  // Counts a MoE layer's routed tokens for the metrics (ids may be device memory).
+  // Counts a MoE layer's routed tokens for the metrics (ids may be device memory: then
+  // counted there, and added to expert_load_ by FlushExpertLoad at the end of the step).
   void RecordExpertLoad(int layer, const Tensor& ids);
+  void FlushExpertLoad();
   // Logits of the chosen rows of x (already normed) through `head`, into *logits.
   void Logits(const Weight& head, const Tensor& x, std::span<const int32_t> rows,
               std::vector<float>* logits);
@@ -121,7 +123,10 @@ class DeepseekModel {
   kernels::Ops& ops_;
   RopeCache rope_;
   ExpertLoad expert_load_;
-  std::vector<int32_t> expert_ids_host_;  // RecordExpertLoad's staging for device ids
+  // Device backends: per MoE layer and expert, tokens routed so far (I32, wrapping), and the
+  // values FlushExpertLoad last read.
+  Tensor device_counts_;
+  std::vector<uint32_t> counts_seen_;
 };
 
 }  // namespace dserve::models

@@ -29,6 +29,14 @@ void ExpertLoad::Record(int layer, const int32_t* ids, int64_t n) {
   }
 }
 
+void ExpertLoad::AddCounts(size_t index, const int64_t* counts) {
+  if (index >= layers_.size()) return;
+  std::atomic<int64_t>* row = counts_.get() + index * num_experts_;
+  for (int e = 0; e < num_experts_; ++e) {
+    if (counts[e]) row[e].fetch_add(counts[e], std::memory_order_relaxed);
+  }
+}
+
 std::vector<std::vector<int64_t>> ExpertLoad::Snapshot() const {
   std::vector<std::vector<int64_t>> out(layers_.size(), std::vector<int64_t>(num_experts_));
   for (size_t i = 0; i < layers_.size(); ++i) {

@@ -17,6 +17,8 @@ class ExpertLoad {
 
   // Counts one routing result: ids of n (token, slot) choices of MoE layer `layer`.
   void Record(int layer, const int32_t* ids, int64_t n);
+  // Adds per-expert counts [num_experts] to layers()[index] (a backend that counts itself).
+  void AddCounts(size_t index, const int64_t* counts);
 
   const std::vector<int>& layers() const { return layers_; }
   int num_experts() const { return num_experts_; }

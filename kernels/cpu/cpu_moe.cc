@@ -105,6 +105,17 @@ void CpuOps::MoeRoute(const Tensor& x, const Weight& router, const Tensor& bias,
   });
 }
 
+void CpuOps::CountExperts(const Tensor& ids, Tensor& counts) {
+  DSERVE_CHECK(ids.dtype() == DType::kI32 && counts.dtype() == DType::kI32) << "I32 ids/counts";
+  const int64_t E = counts.numel();
+  uint32_t* c = counts.data<uint32_t>();
+  for (int64_t i = 0; i < ids.numel(); ++i) {
+    const int32_t e = ids.data<int32_t>()[i];
+    DSERVE_CHECK(e >= 0 && e < E) << "expert id " << e;
+    ++c[e];
+  }
+}
+
 void CpuOps::MoeExperts(const Tensor& x, std::span<const MlpWeights> experts, const Tensor& ids,
                         const Tensor& weights, Tensor& out) {
   const int64_t T = x.dim(0), H = x.dim(1);

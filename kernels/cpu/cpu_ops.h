@@ -41,6 +41,7 @@ class CpuOps final : public Ops {
 
   void MoeRoute(const Tensor& x, const Weight& router, const Tensor& bias,
                 const RouterConfig& config, Tensor& ids, Tensor& weights) override;
+  void CountExperts(const Tensor& ids, Tensor& counts) override;
   void MoeExperts(const Tensor& x, std::span<const MlpWeights> experts, const Tensor& ids,
                   const Tensor& weights, Tensor& out) override;
 

@@ -42,6 +42,17 @@ void CudaOps::MoeRoute(const Tensor& x, const Weight& router, const Tensor& bias
                "MoeRoute");
 }
 
+void CudaOps::CountExperts(const Tensor& ids, Tensor& counts) {
+  if (!Begin()) return;
+  DSERVE_CHECK(ids.dtype() == DType::kI32 && counts.dtype() == DType::kI32 &&
+               ids.device() == Device::kCuda && counts.device() == Device::kCuda)
+      << "I32 ids and counts on cuda";
+  RecordLaunch(LaunchCountExperts(ids.data<int32_t>(), ids.numel(),
+                                  static_cast<int>(counts.numel()), counts.data<uint32_t>(),
+                                  stream_),
+               "CountExperts");
+}
+
 void CudaOps::MoeExperts(const Tensor& x, std::span<const MlpWeights> experts, const Tensor& ids,
                          const Tensor& weights, Tensor& out) {
   if (!Begin()) return;

@@ -72,6 +72,7 @@ class CudaOps final : public Ops {
 
   void MoeRoute(const Tensor& x, const Weight& router, const Tensor& bias,
                 const RouterConfig& config, Tensor& ids, Tensor& weights) override;
+  void CountExperts(const Tensor& ids, Tensor& counts) override;
   void MoeExperts(const Tensor& x, std::span<const MlpWeights> experts, const Tensor& ids,
                   const Tensor& weights, Tensor& out) override;
 

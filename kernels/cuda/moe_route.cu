@@ -1,5 +1,7 @@
 #include "kernels/cuda/moe_route.h"
 
+#include <algorithm>
+
 #include <math_constants.h>
 
 namespace dserve::kernels::cuda {
@@ -111,6 +113,28 @@ cudaError_t LaunchMoeRoute(const float* logits, const float* bias, const RouterC
   const size_t shared = 2 * E * sizeof(float) + E * sizeof(bool);
   RouteKernel<<<static_cast<unsigned>(tokens), 32, shared, stream>>>(logits, bias, config, ids,
                                                                      weights);
+  return cudaGetLastError();
+}
+
+namespace {
+
+__global__ void CountExpertsKernel(const int32_t* ids, int64_t n, int experts, uint32_t* counts) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int32_t e = ids[i];
+    if (e >= 0 && e < experts) atomicAdd(counts + e, 1u);
+  }
+}
+
+}  // namespace
+
+cudaError_t LaunchCountExperts(const int32_t* ids, int64_t n, int experts, uint32_t* counts,
+                               cudaStream_t stream) {
+  if (n < 0 || experts < 1) return cudaErrorInvalidValue;
+  if (n == 0) return cudaSuccess;
+  if (!ids || !counts) return cudaErrorInvalidValue;
+  const int64_t blocks = std::min<int64_t>((n + 255) / 256, 1024);
+  CountExpertsKernel<<<static_cast<unsigned>(blocks), 256, 0, stream>>>(ids, n, experts, counts);
   return cudaGetLastError();
 }
 

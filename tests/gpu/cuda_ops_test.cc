@@ -544,6 +544,23 @@ RouterConfig Router64(ScoringFunc scoring, TopkMethod method, int n_group, int t
       64, 6, n_group, topk_group, scoring, method, norm, scale, scale_only_unnormalized};
 }
 
+// The device-side expert counter the metrics read once per step: the CPU's counts, added to
+// what the counters held.
+TEST_F(CudaOpsTest, CountExpertsMatchesTheHostCount) {
+  std::mt19937 rng(505);
+  std::uniform_int_distribution<int32_t> expert(0, 63);
+  Tensor ids = Tensor::Zeros(DType::kI32, {300, 8});
+  for (int64_t i = 0; i < ids.numel(); ++i) ids.data<int32_t>()[i] = expert(rng);
+  Tensor want = Tensor::Zeros(DType::kI32, {64});
+  for (int64_t e = 0; e < 64; ++e) want.data<uint32_t>()[e] = static_cast<uint32_t>(e * 1000);
+  Tensor counts = ToDevice(want);
+  cpu_.CountExperts(ids, want);
+  exact_->CountExperts(ToDevice(ids), counts);
+  DSERVE_ASSERT_OPS_OK(*exact_);
+  const std::vector<uint32_t> got = Read<uint32_t>(*exact_, counts);
+  for (int64_t e = 0; e < 64; ++e) EXPECT_EQ(got[e], want.data<uint32_t>()[e]) << "expert " << e;
+}
+
 TEST_F(CudaOpsTest, MoeRouteChoosesTheCpusExperts) {
   // Activations are multiples of 2^-8 (|x| <= 1) and router weights multiples of 2^-10
   // (|w| <= 1/4, exact in BF16): every product is a multiple of 2^-18 and every partial sum of

@@ -41,32 +41,33 @@ using dserve::testing::ExpectAgree;
 using dserve::testing::TestWeight;
 
 // Against CpuOps (F32 activations, exact weights, F32 sums): the kernels round x and the SwiGLU
-// outputs to BF16 (round to nearest even: relative error uniform within +-2^-9, 0.113% RMS);
-// weights enter exactly. The gate and up products then carry about 0.113% RMS relative error,
-// SwiGLU passes it on with a gain of about 1.4 (RMS over normal gate and up values), and the
-// rounding of its output adds 0.113%: about 0.2% RMS of a typical output of the down product,
-// which the positive routing weights keep. Cosine 1 - 0.002^2 / 2 = 0.999998 expected, 0.9999
-// (1.4% RMS) allowed; the largest error against the largest output about 0.2% (both are
-// extremes of as many draws), 1e-2 allowed. The emulated kernels (see kernels/cuda/moe/README.md)
-// gave at most rel 2.4e-3 and cosine at least 0.999997 over these cases. A token sent to
-// another expert changes its whole row by about its own size: rel 0.1 or more (the controls).
+// outputs to BF16 (8 significant bits, round to nearest even: at most 2^-8 = 0.39% of a value,
+// about 0.16% RMS); weights enter exactly. The gate and up products then carry about 0.16% RMS
+// relative error, SwiGLU passes it on with a gain of about 1.4 (RMS over normal gate and up
+// values), and the rounding of its output adds 0.16%: about 0.3% RMS of a typical output of
+// the down product, which the positive routing weights keep. Cosine 1 - 0.003^2 / 2 =
+// 0.9999955 expected, 0.9999 (1.4% RMS) allowed; the largest error against the largest output
+// about 0.3% (both are extremes of as many draws), 1e-2 allowed. The emulated kernels (see
+// kernels/cuda/moe/README.md) gave at most rel 4.3e-3 and cosine at least 0.999994 over these
+// cases. A token sent to another expert changes its whole row by about its own size: the
+// controls gave rel 0.084 to 1.0.
 constexpr double kRel = 1e-2;
 constexpr double kCosine = 0.9999;
 // The grouped GEMMs alone, against float64 on the very BF16 inputs and exact weights: only F32
-// accumulation differs (and, for gate/up, the final BF16 rounding of the SwiGLU output: 2^-9 of
-// each value at most).
+// accumulation differs (emulated: rel 2e-7), and for gate/up the final BF16 rounding of the
+// SwiGLU output, at most 2^-8 of each value (emulated: rel 3.0e-3, cosine 0.9999986).
 constexpr double kDownRel = 1e-5, kDownCosine = 0.9999999;
-constexpr double kGateUpRel = 4e-3, kGateUpCosine = 0.99999;
+constexpr double kGateUpRel = 5e-3, kGateUpCosine = 0.99999;
 
 bool Passes(const Agreement& a, double rel, double cosine) {
   return a.non_finite == 0 && a.rel <= rel && a.cosine >= cosine;
 }
 
-#define DSERVE_SKIP_WITHOUT_GPU()                                                   \
-  do {                                                                              \
-    if (const absl::Status s = DeviceAvailable(); !s.ok()) {                        \
-      GTEST_SKIP() << s.message() << " (the GPU tests need one)";                   \
-    }                                                                               \
+#define DSERVE_SKIP_WITHOUT_GPU()                                 \
+  do {                                                            \
+    if (const absl::Status s = DeviceAvailable(); !s.ok()) {      \
+      GTEST_SKIP() << s.message() << " (the GPU tests need one)"; \
+    }                                                             \
   } while (0)
 
 Tensor ToDevice(const void* src, size_t bytes) {
@@ -115,9 +116,12 @@ enum class Routing {
 };
 const char* RoutingName(Routing r) {
   switch (r) {
-    case Routing::kUniform: return "uniform";
-    case Routing::kSkewed: return "skewed";
-    case Routing::kSparse: return "sparse";
+    case Routing::kUniform:
+      return "uniform";
+    case Routing::kSkewed:
+      return "skewed";
+    case Routing::kSparse:
+      return "sparse";
   }
   return "?";
 }
@@ -348,14 +352,14 @@ TEST(MoeKernelsArgsTest, SizesAndTileBounds) {
   s = {300, 4, 16, 64};
   const size_t bytes = MoeDispatchWorkspaceBytes(s);
   std::vector<uint8_t> fake(bytes + 256);
-  uint8_t* base = reinterpret_cast<uint8_t*>(
-      (reinterpret_cast<uintptr_t>(fake.data()) + 255) / 256 * 256);
+  uint8_t* base =
+      reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(fake.data()) + 255) / 256 * 256);
   const MoeDispatchOutputs o = MoeDispatchViews(base, s);
-  for (const void* p : {static_cast<const void*>(o.counts), static_cast<const void*>(o.offsets),
-                        static_cast<const void*>(o.slot_token),
-                        static_cast<const void*>(o.slot_pair),
-                        static_cast<const void*>(o.pair_slot), static_cast<const void*>(o.tiles),
-                        static_cast<const void*>(o.num_tiles)}) {
+  for (const void* p :
+       {static_cast<const void*>(o.counts), static_cast<const void*>(o.offsets),
+        static_cast<const void*>(o.slot_token), static_cast<const void*>(o.slot_pair),
+        static_cast<const void*>(o.pair_slot), static_cast<const void*>(o.tiles),
+        static_cast<const void*>(o.num_tiles)}) {
     EXPECT_EQ(reinterpret_cast<uintptr_t>(p) % 256, 0u);
     EXPECT_LT(static_cast<const uint8_t*>(p), base + bytes);
   }
@@ -372,10 +376,11 @@ TEST(MoeKernelsArgsTest, RefusesBadArgumentsBeforeLaunching) {
   const MoeDispatchShape good{2, 4, 16, 16};
   const size_t bytes = MoeDispatchWorkspaceBytes(good);
   ASSERT_LE(bytes, sizeof(workspace));
-  for (const MoeDispatchShape bad : {MoeDispatchShape{2, 0, 16, 16}, MoeDispatchShape{2, 17, 16, 16},
-                                     MoeDispatchShape{2, 4, 0, 16}, MoeDispatchShape{2, 4, 1025, 16},
-                                     MoeDispatchShape{2, 4, 16, 0}, MoeDispatchShape{-1, 4, 16, 16},
-                                     MoeDispatchShape{int64_t{1} << 30, 4, 16, 16}}) {
+  for (const MoeDispatchShape bad :
+       {MoeDispatchShape{2, 0, 16, 16}, MoeDispatchShape{2, 17, 16, 16},
+        MoeDispatchShape{2, 4, 0, 16}, MoeDispatchShape{2, 4, 1025, 16},
+        MoeDispatchShape{2, 4, 16, 0}, MoeDispatchShape{-1, 4, 16, 16},
+        MoeDispatchShape{int64_t{1} << 30, 4, 16, 16}}) {
     EXPECT_EQ(LaunchMoeDispatch(ids, bad, workspace, sizeof(workspace), nullptr),
               cudaErrorInvalidValue)
         << bad.tokens << " tokens, top " << bad.top_k << " of " << bad.experts << ", tiles of "
@@ -432,8 +437,7 @@ TEST(MoeKernelsArgsTest, RefusesBadArgumentsBeforeLaunching) {
   EXPECT_EQ(LaunchMoeCombine(out, count, out, 0, 4, 256, out, nullptr), cudaSuccess);
   EXPECT_EQ(LaunchMoeCombine(out, count, out, 1, 4, 6, out, nullptr), cudaErrorInvalidValue);
   EXPECT_EQ(LaunchMoeCombine(out, count, out, 1, 0, 256, out, nullptr), cudaErrorInvalidValue);
-  EXPECT_EQ(LaunchMoeCombine(nullptr, count, out, 1, 4, 256, out, nullptr),
-            cudaErrorInvalidValue);
+  EXPECT_EQ(LaunchMoeCombine(nullptr, count, out, 1, 4, 256, out, nullptr), cudaErrorInvalidValue);
 
   MoeExpertsParams m;
   m.tokens = 0;
@@ -530,8 +534,8 @@ TEST(MoeGroupedGemmTest, MatchesFloat64OnTheSameBf16Inputs) {
       const Tensor d_ids = ToDevice(ids);
       const size_t bytes = MoeDispatchWorkspaceBytes(shape);
       Tensor workspace = Filled(bytes);
-      ASSERT_EQ(LaunchMoeDispatch(static_cast<const int32_t*>(d_ids.raw()), shape,
-                                  workspace.raw(), bytes, nullptr),
+      ASSERT_EQ(LaunchMoeDispatch(static_cast<const int32_t*>(d_ids.raw()), shape, workspace.raw(),
+                                  bytes, nullptr),
                 cudaSuccess);
       const MoeDispatchOutputs routing = MoeDispatchViews(workspace.raw(), shape);
 
@@ -628,9 +632,9 @@ struct ChainCase {
 
 TEST(MoeExpertsTest, MatchesTheCpuOpWithinBf16Rounding) {
   DSERVE_SKIP_WITHOUT_GPU();
+  const std::vector<Routing> all = {Routing::kUniform, Routing::kSkewed, Routing::kSparse};
   const std::vector<ChainCase> cases = {
-      {"tiny", 256, 128, 16, 4, {1, 7, 64, 300},
-       {Routing::kUniform, Routing::kSkewed, Routing::kSparse}},
+      {"tiny", 256, 128, 16, 4, {1, 7, 64, 300}, all},
       {"V3-like, reduced", 512, 256, 32, 6, {7, 64}, {Routing::kUniform, Routing::kSkewed}},
       {"V3-like, 64 experts", 1024, 512, 64, 8, {1, 300}, {Routing::kUniform}},
   };
@@ -653,13 +657,12 @@ TEST(MoeExpertsTest, MatchesTheCpuOpWithinBf16Rounding) {
           int32_t& id = p.ids[t * c.top_k];
           do {
             id = (id + 1) % c.experts;
-          } while (std::count(p.ids.begin() + t * c.top_k, p.ids.begin() + (t + 1) * c.top_k,
-                              id) > 1);
+          } while (std::count(p.ids.begin() + t * c.top_k, p.ids.begin() + (t + 1) * c.top_k, id) >
+                   1);
           const std::vector<float> wrong = RunOnCpu(cpu, ex, p);
           const Agreement a = Compare(got.data(), wrong.data(), T * c.hidden);
           EXPECT_FALSE(Passes(a, kRel, kCosine))
-              << "a token sent to another expert passes: rel " << a.rel << ", cosine "
-              << a.cosine;
+              << "a token sent to another expert passes: rel " << a.rel << ", cosine " << a.cosine;
         }
       }
     }
@@ -678,8 +681,8 @@ TEST(MoeExpertsTest, DropsIdsOutOfRange) {
   const std::vector<float> got = RunOnDevice(ex, p);
   const std::vector<float> want = RunOnCpu(cpu, ex, p);
   ExpectAgree(got.data(), want.data(), got.size(), 1e9, kRel, kCosine, "dropped ids");
-  EXPECT_TRUE(std::all_of(got.begin() + 2 * 256, got.begin() + 3 * 256,
-                          [](float v) { return v == 0.0f; }));
+  EXPECT_TRUE(
+      std::all_of(got.begin() + 2 * 256, got.begin() + 3 * 256, [](float v) { return v == 0.0f; }));
 }
 
 // The arithmetic per output is the same whatever the tile size and whoever shares the batch:

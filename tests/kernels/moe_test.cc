@@ -257,6 +257,23 @@ TEST(MoeRouteDeathTest, InconsistentConfigStops) {
   EXPECT_DEATH(route(c), "router config");
 }
 
+// The metrics' device-side counter, on the CPU: adds each id's occurrences, keeps what was
+// there, and wraps at 2^32 as an unsigned counter.
+TEST(CountExperts, AddsOccurrencesAndWraps) {
+  CpuOps ops(1);
+  Tensor ids = Tensor::Zeros(DType::kI32, {3, 2});
+  const int32_t values[] = {2, 0, 2, 3, 2, 0};
+  std::copy(values, values + 6, ids.data<int32_t>());
+  Tensor counts = Tensor::Zeros(DType::kI32, {4});
+  counts.data<uint32_t>()[0] = 0xFFFFFFFFu;
+  counts.data<uint32_t>()[1] = 5;
+  ops.CountExperts(ids, counts);
+  EXPECT_EQ(counts.data<uint32_t>()[0], 1u);  // 0xFFFFFFFF + 2
+  EXPECT_EQ(counts.data<uint32_t>()[1], 5u);
+  EXPECT_EQ(counts.data<uint32_t>()[2], 3u);
+  EXPECT_EQ(counts.data<uint32_t>()[3], 1u);
+}
+
 TEST(MoeRoute, Greedy) {
   // n_group > 1 must not matter to greedy.
   RunAllOptions(TopkMethod::kGreedy, {{8, 2, 1, 1}, {16, 6, 1, 1}, {8, 1, 1, 1}, {16, 4, 4, 2}},

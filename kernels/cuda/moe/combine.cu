@@ -76,10 +76,11 @@ cudaError_t LaunchMoeCombine(const float* y, const int32_t* pair_slot, const flo
     return cudaErrorInvalidValue;
   }
   const int32_t hidden4 = static_cast<int32_t>(hidden / 4);
-  const dim3 grid(static_cast<unsigned>(tokens), static_cast<unsigned>((hidden4 + kThreads - 1) / kThreads));
+  const dim3 grid(static_cast<unsigned>(tokens),
+                  static_cast<unsigned>((hidden4 + kThreads - 1) / kThreads));
   CombineKernel<<<grid, kThreads, 0, stream>>>(reinterpret_cast<const float4*>(y), pair_slot,
-                                                weights, top_k, hidden4,
-                                                reinterpret_cast<float4*>(out));
+                                               weights, top_k, hidden4,
+                                               reinterpret_cast<float4*>(out));
   return cudaGetLastError();
 }
 
@@ -110,9 +111,8 @@ cudaError_t LaunchMoeExperts(const MoeExpertsParams& p, cudaStream_t stream) {
   const size_t dispatch_bytes = MoeDispatchWorkspaceBytes(shape);
   uint8_t* base = static_cast<uint8_t*>(p.workspace);
   uint16_t* x_bf16 = reinterpret_cast<uint16_t*>(base + dispatch_bytes);
-  uint16_t* act =
-      reinterpret_cast<uint16_t*>(reinterpret_cast<uint8_t*>(x_bf16) +
-                                  AlignUp(static_cast<size_t>(p.tokens * p.hidden) * 2));
+  uint16_t* act = reinterpret_cast<uint16_t*>(
+      reinterpret_cast<uint8_t*>(x_bf16) + AlignUp(static_cast<size_t>(p.tokens * p.hidden) * 2));
   float* y = reinterpret_cast<float*>(reinterpret_cast<uint8_t*>(act) +
                                       AlignUp(static_cast<size_t>(pairs * p.inter) * 2));
 

@@ -179,8 +179,8 @@ int64_t MoeMaxTiles(const MoeDispatchShape& shape) {
 size_t MoeDispatchWorkspaceBytes(const MoeDispatchShape& shape) {
   if (!ValidShape(shape)) return 0;
   const size_t pairs = static_cast<size_t>(shape.pairs());
-  return AlignUp(shape.experts * sizeof(int32_t)) +
-         AlignUp((shape.experts + 1) * sizeof(int32_t)) + 3 * AlignUp(pairs * sizeof(int32_t)) +
+  return AlignUp(shape.experts * sizeof(int32_t)) + AlignUp((shape.experts + 1) * sizeof(int32_t)) +
+         3 * AlignUp(pairs * sizeof(int32_t)) +
          AlignUp(static_cast<size_t>(MoeMaxTiles(shape)) * sizeof(MoeTile)) +
          AlignUp(sizeof(int32_t));
 }
@@ -200,8 +200,8 @@ MoeDispatchOutputs MoeDispatchViews(void* workspace, const MoeDispatchShape& sha
   o.slot_token = reinterpret_cast<int32_t*>(take(pairs * sizeof(int32_t)));
   o.slot_pair = reinterpret_cast<int32_t*>(take(pairs * sizeof(int32_t)));
   o.pair_slot = reinterpret_cast<int32_t*>(take(pairs * sizeof(int32_t)));
-  o.tiles = reinterpret_cast<MoeTile*>(
-      take(static_cast<size_t>(MoeMaxTiles(shape)) * sizeof(MoeTile)));
+  o.tiles =
+      reinterpret_cast<MoeTile*>(take(static_cast<size_t>(MoeMaxTiles(shape)) * sizeof(MoeTile)));
   o.num_tiles = reinterpret_cast<int32_t*>(take(sizeof(int32_t)));
   return o;
 }

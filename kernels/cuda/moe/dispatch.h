@@ -18,10 +18,10 @@ inline constexpr int64_t kMoeMaxPairs = int64_t{1} << 30;
 
 // What one dispatch is sized for; all of it is known on the host before the router runs.
 struct MoeDispatchShape {
-  int64_t tokens = 0;    // T (0 allowed)
-  int32_t top_k = 0;     // k in [1, kMoeMaxTopK]
-  int32_t experts = 0;   // E in [1, kMoeMaxExperts]
-  int32_t block_m = 0;   // rows per GEMM tile (MoeGemmBlockM in grouped_gemm.h), [1, 1024]
+  int64_t tokens = 0;   // T (0 allowed)
+  int32_t top_k = 0;    // k in [1, kMoeMaxTopK]
+  int32_t experts = 0;  // E in [1, kMoeMaxExperts]
+  int32_t block_m = 0;  // rows per GEMM tile (MoeGemmBlockM in grouped_gemm.h), [1, 1024]
   int64_t pairs() const { return tokens * top_k; }
 };
 

@@ -28,7 +28,7 @@ namespace dserve::kernels::cuda {
 namespace {
 
 constexpr int kBlockK = static_cast<int>(kMoeGemmBlockK);
-constexpr int kBlockN = 128;             // weight rows per CTA
+constexpr int kBlockN = 128;  // weight rows per CTA
 constexpr int kWarpsN = 4;
 constexpr int kWarpN = kBlockN / kWarpsN;  // 32 weight rows per warp: 4 MMA n-tiles
 constexpr int kNTiles = kWarpN / 8;
@@ -228,7 +228,8 @@ class GemmCta {
 #pragma unroll
       for (int j = 0; j < T::kBChunks; ++j) {
         constexpr int kHalf = T::kBChunks / 2;
-        const uint8_t* src = j < kHalf ? b_src_[0] + j * b_step_ : b_src_[1] + (j - kHalf) * b_step_;
+        const uint8_t* src =
+            j < kHalf ? b_src_[0] + j * b_step_ : b_src_[1] + (j - kHalf) * b_step_;
         CpAsync16(dst + b_dst_ + j * T::kBRowStep * T::kBRowBytes, src + k_offset, 16);
       }
     }
@@ -315,7 +316,8 @@ class GemmCta {
         for (int ni = 0; ni < kNTiles; ++ni) {
           const float scale = ni < kNTiles / 2 ? scale0 : scale1;
 #pragma unroll
-          for (int i = 0; i < 4; ++i) acc_[mi][ni][i] = fmaf(part[mi][ni][i], scale, acc_[mi][ni][i]);
+          for (int i = 0; i < 4; ++i)
+            acc_[mi][ni][i] = fmaf(part[mi][ni][i], scale, acc_[mi][ni][i]);
         }
       }
     } else {
@@ -339,8 +341,8 @@ class GemmCta {
             const int col = row0_ + wn_ * 16 + nj * 8 + 2 * t_;
             const float* gate = acc_[mi][nj];
             const float* up = acc_[mi][nj + kNTiles / 2];
-            *reinterpret_cast<uint32_t*>(dst + col) =
-                PackBf16(SiluTimes(gate[2 * r], up[2 * r]), SiluTimes(gate[2 * r + 1], up[2 * r + 1]));
+            *reinterpret_cast<uint32_t*>(dst + col) = PackBf16(
+                SiluTimes(gate[2 * r], up[2 * r]), SiluTimes(gate[2 * r + 1], up[2 * r + 1]));
           }
         } else {
           float* dst = static_cast<float*>(a_.out) + static_cast<int64_t>(slot) * a_.n;
@@ -400,12 +402,14 @@ cudaError_t LaunchTiling(const GemmArgs& args, int64_t ctas, cudaStream_t stream
 }
 
 template <bool kFp8, bool kGateUp>
-cudaError_t LaunchForBlockM(int block_m, const GemmArgs& args, int64_t ctas,
-                            cudaStream_t stream) {
+cudaError_t LaunchForBlockM(int block_m, const GemmArgs& args, int64_t ctas, cudaStream_t stream) {
   switch (block_m) {
-    case 16: return LaunchTiling<16, 1, kFp8, kGateUp>(args, ctas, stream);
-    case 64: return LaunchTiling<64, 1, kFp8, kGateUp>(args, ctas, stream);
-    default: return LaunchTiling<128, 2, kFp8, kGateUp>(args, ctas, stream);
+    case 16:
+      return LaunchTiling<16, 1, kFp8, kGateUp>(args, ctas, stream);
+    case 64:
+      return LaunchTiling<64, 1, kFp8, kGateUp>(args, ctas, stream);
+    default:
+      return LaunchTiling<128, 2, kFp8, kGateUp>(args, ctas, stream);
   }
 }
 
