@@ -70,7 +70,14 @@ absl::StatusOr<double> GpuKvCacheBytes(const ModelSession& session,
   DSERVE_ASSIGN_OR_RETURN(const kernels::cuda::DeviceInfo info, kernels::cuda::GetDeviceInfo());
   const double total = static_cast<double>(info.total_bytes);
   const double in_use = total - static_cast<double>(info.free_bytes);
-  const double kv = total * utilization - in_use;
+  // Decode steps with long contexts split keys over the GPU's multiprocessors; the partial
+  // results (up to a 64-row tile per sequence or multiprocessor, each row kv_lora F32 values
+  // and two scalars) are not in the probe step, which never splits.
+  const double splits = static_cast<double>(config.scheduler.max_num_seqs *
+                                                (1 + config.num_speculative_tokens) +
+                                            info.multiprocessors) *
+                        64 * (model.config().kv_lora_rank * 4 + 8);
+  const double kv = total * utilization - in_use - splits;
   std::fprintf(stderr,
                "GPU memory: %s, %.2f GB; weights + activations of a %lld-token step + runtime "
                "%.2f GB; KV cache %.2f GB (--gpu-memory-utilization %.2f)\n",

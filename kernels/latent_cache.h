@@ -68,19 +68,19 @@ inline bool IsLatentCacheDType(DType d) {
 // saturation).
 inline void EncodeFp8Token(const LatentCacheShape& s, const float* src, uint8_t* dst) {
   const int64_t L = s.kv_lora_rank;
-  float* scales = reinterpret_cast<float*>(dst + L);
+  uint8_t* scales = dst + L;  // byte addressing: aligned only when kv_lora % 4 == 0
   for (int64_t g = 0; g < s.fp8_groups(); ++g) {
     const int64_t begin = g * kLatentFp8Group, end = std::min(L, begin + kLatentFp8Group);
     float amax = 0.0f;
     for (int64_t c = begin; c < end; ++c) amax = std::max(amax, std::fabs(src[c]));
     const float scale = amax > 0.0f ? amax / kFp8Max : 1.0f;
     for (int64_t c = begin; c < end; ++c) dst[c] = FloatToFp8E4M3(src[c] / scale);
-    std::memcpy(scales + g, &scale, sizeof(float));
+    std::memcpy(scales + 4 * g, &scale, sizeof(float));
   }
-  uint16_t* pe = reinterpret_cast<uint16_t*>(dst + L + s.fp8_groups() * 4);
+  uint8_t* pe = dst + L + s.fp8_groups() * 4;
   for (int64_t c = 0; c < s.rope_dim; ++c) {
     const uint16_t b = FloatToBf16(src[L + c]);
-    std::memcpy(pe + c, &b, sizeof(b));
+    std::memcpy(pe + 2 * c, &b, sizeof(b));
   }
 }
 

@@ -229,7 +229,9 @@ void DeepseekModel::RecordExpertLoad(int layer, const Tensor& ids) {
   if (device_counts_.empty()) {
     Tensor zeros = Tensor::Zeros(DType::kI32, {static_cast<int64_t>(layers.size()),
                                                config_.n_routed_experts});
-    if (!ops_.PlaceTensor(zeros).ok()) return;  // metrics only: the step reports the error
+    // Metrics only: without room for the counters the load is just not counted (retried at
+    // the next MoE layer).
+    if (!ops_.PlaceTensor(zeros).ok()) return;
     device_counts_ = std::move(zeros);
     counts_seen_.assign(device_counts_.numel(), 0);
   }
@@ -239,7 +241,8 @@ void DeepseekModel::RecordExpertLoad(int layer, const Tensor& ids) {
 
 void DeepseekModel::FlushExpertLoad() {
   if (device_counts_.empty()) return;
-  std::vector<uint32_t> now(device_counts_.numel());
+  // A backend that already failed this step copies nothing: the deltas are then zero.
+  std::vector<uint32_t> now = counts_seen_;
   ops_.CopyToHost(device_counts_, now.data());
   const int64_t E = config_.n_routed_experts;
   std::vector<int64_t> delta(E);

@@ -1,5 +1,7 @@
 #include "models/presets.h"
 
+#include <algorithm>
+#include <string>
 #include <string_view>
 
 #include "absl/strings/numbers.h"
@@ -203,8 +205,11 @@ const std::vector<Preset>& AllPresets() {
 absl::StatusOr<Preset> FindPreset(const std::string& name) {
   constexpr std::string_view kV3Layers = "v3-layers-";
   if (name.starts_with(kV3Layers)) {
+    const std::string digits = name.substr(kV3Layers.size());
     int layers = 0;
-    if (!absl::SimpleAtoi(name.substr(kV3Layers.size()), &layers) || layers < 1 || layers > 61) {
+    if (digits.empty() || digits.size() > 2 ||
+        !std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; }) ||
+        !absl::SimpleAtoi(digits, &layers) || layers < 1 || layers > 61) {
       return absl::InvalidArgumentError(
           absl::StrCat("preset '", name, "': v3-layers-N takes N from 1 to 61"));
     }

@@ -12,6 +12,9 @@
 namespace dserve::kernels::cuda {
 namespace {
 
+// Query rows of one CTA in the tensor-core MLA kernel (mla/decode.h's largest row tile).
+constexpr int64_t kDecodeTileRows = 64;
+
 bool SameSequence(const MlaDecodeSequence& a, const MlaDecodeSequence& b) {
   return a.row_begin == b.row_begin && a.num_rows == b.num_rows && a.keys == b.keys &&
          a.table_offset == b.table_offset;
@@ -150,46 +153,55 @@ void CudaOps::MlaAttention(const MlaParams& p, const Tensor& q, Tensor& out) {
     RecordLaunch(LaunchMlaAttention(a, stream_), "MlaAttention");
     return;
   }
-  // The split plan depends only on the step's sequences: made once, shared by every layer.
-  std::vector<MlaDecodeSequence> seqs;
+  // Sequences whose rows fit one 64-row tile (decodes, drafts being verified) and longer
+  // chunks are planned and launched apart: one plan sizes every CTA's row tiles by its largest
+  // sequence, so a prefill chunk among decodes would leave the decodes few key splits.
+  std::vector<MlaDecodeSequence> groups[2];
   for (const SequenceSlice& seq : p.batch->sequences) {
     if (seq.num_tokens == 0) continue;
-    seqs.push_back({static_cast<int32_t>(seq.row_begin), static_cast<int32_t>(seq.num_tokens),
-                    static_cast<int32_t>(seq.cached_tokens + seq.num_tokens),
-                    rows[T + seq.row_begin]});
+    const bool chunk = seq.num_tokens * H > kDecodeTileRows;
+    groups[chunk].push_back({static_cast<int32_t>(seq.row_begin),
+                             static_cast<int32_t>(seq.num_tokens),
+                             static_cast<int32_t>(seq.cached_tokens + seq.num_tokens),
+                             rows[T + seq.row_begin]});
   }
-  if (seqs.size() != plan_seqs_.size() || H != plan_heads_ ||
-      !std::equal(seqs.begin(), seqs.end(), plan_seqs_.begin(), SameSequence)) {
-    plan_seqs_.clear();
-    RecordLaunch(PlanMlaDecode(seqs.data(), seqs.size(), H, sms_, &plan_), "PlanMlaDecode");
-    if (Failed()) return;
-    plan_seqs_ = std::move(seqs);
-    plan_heads_ = H;
-  }
-  const void* d_plan = Stage(plan_data_, plan_.data.data(), plan_.data_bytes());
-  const size_t split_bytes = MlaDecodeWorkspaceBytes(plan_.schedule, s.kv_lora_rank);
-  Tensor splits = split_bytes > 0 ? Empty(DType::kU8, {static_cast<int64_t>(split_bytes)})
-                                  : Tensor();
-  if (Failed()) return;
-  MlaDecodeParams d;
-  d.q_cat = workspace.data<float>();
-  d.o_lat = workspace.data<float>() + T * H * (s.kv_lora_rank + s.rope_dim);
-  d.rows = T;
-  d.heads = H;
-  d.kv_lora = s.kv_lora_rank;
-  d.rope_dim = s.rope_dim;
-  d.cache = a.cache;
-  d.format = a.format;
-  d.page_size = s.page_size;
-  d.token_bytes = s.token_bytes();
-  d.block_tables = a.block_tables;
-  d.schedule = plan_.schedule;
-  d.plan_data = static_cast<const int32_t*>(d_plan);
-  d.workspace = split_bytes > 0 ? splits.raw() : nullptr;
-  d.workspace_bytes = split_bytes;
   RecordLaunch(LaunchMlaAbsorbQuery(a, stream_), "MlaAbsorbQuery");
-  if (Failed()) return;
-  RecordLaunch(LaunchMlaDecode(d, stream_), "MlaDecode");
+  for (int g = 0; g < 2 && !Failed(); ++g) {
+    if (groups[g].empty()) continue;
+    DecodePlan& plan = decode_plans_[g];
+    // The plan depends only on the step's sequences: made once, shared by every layer.
+    if (groups[g].size() != plan.seqs.size() || H != plan.heads ||
+        !std::equal(groups[g].begin(), groups[g].end(), plan.seqs.begin(), SameSequence)) {
+      plan.seqs.clear();
+      RecordLaunch(PlanMlaDecode(groups[g].data(), groups[g].size(), H, sms_, &plan.plan),
+                   "PlanMlaDecode");
+      if (Failed()) return;
+      plan.seqs = std::move(groups[g]);
+      plan.heads = H;
+    }
+    const void* d_plan = Stage(plan.data, plan.plan.data.data(), plan.plan.data_bytes());
+    const size_t split_bytes = MlaDecodeWorkspaceBytes(plan.plan.schedule, s.kv_lora_rank);
+    Tensor splits = split_bytes > 0 ? Empty(DType::kU8, {static_cast<int64_t>(split_bytes)})
+                                    : Tensor();
+    if (Failed()) return;
+    MlaDecodeParams d;
+    d.q_cat = workspace.data<float>();
+    d.o_lat = workspace.data<float>() + T * H * (s.kv_lora_rank + s.rope_dim);
+    d.rows = T;
+    d.heads = H;
+    d.kv_lora = s.kv_lora_rank;
+    d.rope_dim = s.rope_dim;
+    d.cache = a.cache;
+    d.format = a.format;
+    d.page_size = s.page_size;
+    d.token_bytes = s.token_bytes();
+    d.block_tables = a.block_tables;
+    d.schedule = plan.plan.schedule;
+    d.plan_data = static_cast<const int32_t*>(d_plan);
+    d.workspace = split_bytes > 0 ? splits.raw() : nullptr;
+    d.workspace_bytes = split_bytes;
+    RecordLaunch(LaunchMlaDecode(d, stream_), "MlaDecode");
+  }
   if (Failed()) return;
   RecordLaunch(LaunchMlaOutput(a, stream_), "MlaOutput");
 }

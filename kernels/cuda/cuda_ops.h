@@ -117,12 +117,15 @@ class CudaOps final : public Ops {
   int64_t rope_positions_ = 0, rope_dim_ = 0;
   std::vector<float> rope_last_;
   Tensor rope_cos_, rope_sin_;
-  // The MLA split plan of the sequences it was made for (reused while they repeat: every
-  // layer of a step) and its device copy.
-  std::vector<MlaDecodeSequence> plan_seqs_;
-  int64_t plan_heads_ = 0;
-  MlaDecodePlan plan_;
-  Staged plan_data_;
+  // An MLA split plan, the sequences it was made for (reused while they repeat: every layer
+  // of a step) and its device copy; one for decode-like sequences, one for longer chunks.
+  struct DecodePlan {
+    std::vector<MlaDecodeSequence> seqs;
+    int64_t heads = 0;
+    MlaDecodePlan plan;
+    Staged data;
+  };
+  DecodePlan decode_plans_[2];
 };
 
 // A checkpoint weight as the kernels see it (its data and scales on the device).

@@ -207,8 +207,10 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{"tiny-v3", GemmMode::kExact, DType::kF8E4M3, {0.5, 0.999}},
                       Case{"tiny-v2", GemmMode::kExact, DType::kF32, {1e-3, 0.99999}},
                       Case{"tiny-v2", GemmMode::kTensorCores, DType::kBF16, {1.0, 0.98}},
+                      Case{"tiny-v2", GemmMode::kTensorCores, DType::kF8E4M3, {1.0, 0.97}},
                       Case{"small-v3", GemmMode::kExact, DType::kF32, {1e-3, 0.99999}},
-                      Case{"small-v3", GemmMode::kTensorCores, DType::kBF16, {1.0, 0.9}}),
+                      Case{"small-v3", GemmMode::kTensorCores, DType::kBF16, {1.0, 0.9}},
+                      Case{"small-v3", GemmMode::kTensorCores, DType::kF8E4M3, {1.0, 0.9}}),
     [](const ::testing::TestParamInfo<Case>& info) {
       std::string name = info.param.preset + (info.param.gemm == GemmMode::kExact ? "_exact"
                                                                                 : "_tensor_cores");

@@ -192,16 +192,18 @@ absl::Status Run(const Options& opts) {
               bandwidth / 1e9);
   const double head_bytes = static_cast<double>(TensorBytes(*model, "lm_head.weight"));
   std::vector<std::string> table;
+  int failed = 0;
   for (const int64_t batch : {1, 16, 64, 256}) {
     absl::StatusOr<StepTimes> t = TimeStep(*model, *ops, batch, o);
     if (!t.ok()) {
       table.push_back(absl::StrCat("batch ", batch, ": ", t.status().message()));
+      ++failed;
       continue;
     }
     // Bytes per layer: weights plus every sequence's cached latents at this context.
-    const double kv = static_cast<double>(batch) * o.context *
-                      model->CacheShape(1, 64).token_dim() *
-                      (o.cache == DType::kF8E4M3 ? 656.0 / 576.0 : 2.0);
+    LatentCacheShape token = model->CacheShape(1, 64);
+    token.dtype = o.cache;
+    const double kv = static_cast<double>(batch) * o.context * token.token_bytes();
     double dense_ms = 0, moe_ms = 0, dense_bytes = 0, moe_bytes = 0;
     int dense = 0, moe = 0;
     for (int l = 0; l < c.num_hidden_layers; ++l) {
@@ -234,7 +236,9 @@ absl::Status Run(const Options& opts) {
               "ms/token  vs-roof\n");
   for (const std::string& row : table) std::printf("%s\n", row.c_str());
   std::printf("61-layer: 3 dense + 58 MoE layers at the measured per-layer times + the LM head; "
-              "ms/token: that step / batch (per GPU, one GPU holding every expert).\n");
+              "ms/token: that step / batch (per GPU, one GPU holding every expert). Layer 0's "
+              "time includes the embedding.\n");
+  if (failed > 0) return absl::InternalError(absl::StrCat(failed, " batch size(s) failed"));
   return absl::OkStatus();
 }
 
@@ -249,7 +253,7 @@ int main(int argc, char** argv) {
       o.model = value;
     } else if (flag == "--layers") {
       o.layers = std::atoi(value.c_str());
-    } else if (flag == "--cache") {
+    } else if (flag == "--cache" && (value == "fp8" || value == "bf16")) {
       o.cache = value == "fp8" ? dserve::DType::kF8E4M3 : dserve::DType::kBF16;
     } else if (flag == "--context") {
       o.context = std::atoll(value.c_str());

@@ -371,7 +371,8 @@ TEST(PresetCatalog, V3LayersHasDeepSeekV3sDimensions) {
   EXPECT_EQ(c->vocab_size, 129280);
   EXPECT_TRUE(c->fp8);
   EXPECT_EQ(c->num_nextn_predict_layers, 0);
-  for (const char* bad : {"v3-layers-0", "v3-layers-62", "v3-layers-x", "v3-layers-"}) {
+  for (const char* bad : {"v3-layers-0", "v3-layers-62", "v3-layers-x", "v3-layers-", "v3-layers-+2",
+                          "v3-layers- 2"}) {
     auto q = FindPreset(bad);
     ASSERT_FALSE(q.ok()) << bad;
     EXPECT_NE(q.status().message().find("1 to 61"), std::string::npos) << q.status();
