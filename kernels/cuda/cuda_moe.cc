@@ -1,9 +1,11 @@
-// CudaOps' DeepSeekMoE: the gate (router logits in F32, then the routing kernel) and a
-// straightforward expert computation — the routed tokens are grouped by expert on the host
-// and each expert with tokens runs gather, gate/up, SwiGLU, down and a weighted add on the
-// device. One expert after another, in expert order, as the CPU op adds them. The grouped
-// GEMM over all experts at once is the MoE speed work (issue "CUDA backend, part 3").
+// CudaOps' DeepSeekMoE: the gate (router logits in F32, then the routing kernel) and the
+// experts. With tensor-core GEMMs and FP8/BF16 experts of multiple-of-128 sizes, every expert
+// runs in one grouped GEMM per projection on the device (moe/: dispatch by expert, gate/up with
+// SwiGLU fused, down, weighted combine; nothing read back). Otherwise a straightforward path:
+// the routed tokens grouped by expert on the host, each expert with tokens running gather,
+// gate/up, SwiGLU, down and a weighted add, in expert order as the CPU op adds them.
 #include <algorithm>
+#include <cstring>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -11,6 +13,7 @@
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/linear.h"
+#include "kernels/cuda/moe/combine.h"
 #include "kernels/cuda/moe_route.h"
 #include "kernels/cuda/row_moves.h"
 
@@ -53,12 +56,83 @@ void CudaOps::CountExperts(const Tensor& ids, Tensor& counts) {
                "CountExperts");
 }
 
+const MoeExpertWeights* CudaOps::GroupedExperts(std::span<const MlpWeights> experts) {
+  // Known by the list's address and its first weight's (a list at a reused address from
+  // another model has other weights).
+  const std::pair<const MlpWeights*, const void*> key{experts.data(), experts[0].gate.data};
+  if (auto it = expert_tables_.find(key); it != expert_tables_.end()) {
+    return it->second.empty() ? nullptr : it->second.data<MoeExpertWeights>();
+  }
+  // Eligible: every expert FP8 with 128x128 blocks, or every one BF16; sizes of whole blocks.
+  const DType dtype = experts[0].gate.dtype;
+  const int64_t H = experts[0].gate.cols, I = experts[0].gate.rows;
+  bool ok = (dtype == DType::kF8E4M3 || dtype == DType::kBF16) && H % 128 == 0 && I % 128 == 0 &&
+            experts.size() <= 1024;
+  std::vector<MoeExpertWeights> table;
+  for (const MlpWeights& m : experts) {
+    for (const Weight* w : {&m.gate, &m.up, &m.down}) {
+      ok = ok && w->dtype == dtype &&
+           (dtype != DType::kF8E4M3 || (w->block_rows == 128 && w->block_cols == 128));
+    }
+    ok = ok && m.gate.rows == I && m.up.rows == I && m.gate.cols == H && m.up.cols == H &&
+         m.down.rows == H && m.down.cols == I;
+    table.push_back({m.gate.data, m.up.data, m.down.data, m.gate.scale_inv, m.up.scale_inv,
+                     m.down.scale_inv});
+  }
+  Tensor device;
+  if (ok) {
+    Tensor host(AllocateHost(table.size() * sizeof(MoeExpertWeights)), DType::kU8,
+                {static_cast<int64_t>(table.size() * sizeof(MoeExpertWeights))});
+    std::memcpy(host.raw(), table.data(), host.bytes());
+    const absl::Status placed = PlaceTensor(host);
+    if (!placed.ok()) {
+      Record(placed);
+      return nullptr;
+    }
+    device = std::move(host);
+  }
+  expert_tables_[key] = device;
+  return device.empty() ? nullptr : device.data<MoeExpertWeights>();
+}
+
 void CudaOps::MoeExperts(const Tensor& x, std::span<const MlpWeights> experts, const Tensor& ids,
                          const Tensor& weights, Tensor& out) {
   if (!Begin()) return;
   const int64_t T = x.dim(0), H = x.dim(1);
   const int64_t K = T > 0 ? ids.numel() / T : 0;
   const int E = static_cast<int>(experts.size());
+  if (options_.gemm == GemmMode::kTensorCores && E > 0 && T > 0 && K <= 16) {
+    CheckF32(x, T, H, "moe input");
+    CheckF32(out, T, H, "moe output");
+    if (const MoeExpertWeights* table = GroupedExperts(experts)) {
+      // The workspace grows with the tokens (about 0.25 MB each at V3's sizes): long prefill
+      // chunks go in pieces.
+      constexpr int64_t kTokensPerCall = 1024;
+      for (int64_t t0 = 0; t0 < T && !Failed(); t0 += kTokensPerCall) {
+        const int64_t n = std::min(kTokensPerCall, T - t0);
+        MoeExpertsParams p;
+        p.x = x.data<float>() + t0 * H;
+        p.ids = ids.data<int32_t>() + t0 * K;
+        p.weights = weights.data<float>() + t0 * K;
+        p.out = out.data<float>() + t0 * H;
+        p.tokens = n;
+        p.hidden = H;
+        p.inter = experts[0].gate.rows;
+        p.top_k = static_cast<int32_t>(K);
+        p.num_experts = E;
+        p.weight_type = experts[0].gate.dtype == DType::kF8E4M3 ? MoeWeightType::kFp8E4M3
+                                                                : MoeWeightType::kBF16;
+        p.experts = table;
+        p.workspace_bytes = MoeExpertsWorkspaceBytes(p);
+        Tensor workspace = Empty(DType::kU8, {static_cast<int64_t>(p.workspace_bytes)});
+        if (Failed()) return;
+        p.workspace = workspace.raw();
+        RecordLaunch(LaunchMoeExperts(p, stream_), "MoeExperts (grouped)");
+      }
+      return;
+    }
+    if (Failed()) return;
+  }
   CheckF32(x, T, H, "moe input");
   CheckF32(out, T, H, "moe output");
   DSERVE_CHECK(E > 0) << "no experts";

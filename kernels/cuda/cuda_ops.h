@@ -4,8 +4,10 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <cuda_runtime_api.h>
@@ -14,6 +16,7 @@
 #include "kernels/cuda/blas_lt.h"
 #include "kernels/cuda/latent_format.h"
 #include "kernels/cuda/mla/decode.h"
+#include "kernels/cuda/moe/grouped_gemm.h"
 #include "kernels/cuda/weight_view.h"
 #include "kernels/ops.h"
 
@@ -102,6 +105,9 @@ class CudaOps final : public Ops {
   bool LinearFp8(const float* x, int64_t m, const Weight& w, float* out);
   bool LinearBf16(const float* x, int64_t m, const Weight& w, float* out);
 
+  // The device table of a MoE layer's expert weights for the grouped GEMMs (moe/), made once
+  // per layer; null when its experts do not qualify (dtype, block sizes, shapes).
+  const MoeExpertWeights* GroupedExperts(std::span<const MlpWeights> experts);
   // The tensor-core MLA kernel (mla/decode.h) takes this cache.
   bool UseDecodeKernel(const LatentCacheShape& s) const;
 
@@ -126,6 +132,8 @@ class CudaOps final : public Ops {
     Staged data;
   };
   DecodePlan decode_plans_[2];
+  // GroupedExperts' tables by the layer's expert list (an empty tensor: not eligible).
+  std::map<std::pair<const MlpWeights*, const void*>, Tensor> expert_tables_;
 };
 
 // A checkpoint weight as the kernels see it (its data and scales on the device).
