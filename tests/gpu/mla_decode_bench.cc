@@ -19,6 +19,7 @@
 #include "kernels/cuda/device_memory.h"
 #include "kernels/cuda/mla/decode.h"
 #include "kernels/latent_cache.h"
+#include "tests/gpu/bench_timing.h"
 
 namespace dserve::kernels::cuda {
 namespace {
@@ -32,51 +33,6 @@ constexpr int64_t kMaxRows = kBatch * 2;  // s_q up to 2
 constexpr int64_t kMaxHeads = 128;
 constexpr int kWarmup = 3;
 constexpr int kReps = 10;
-
-// Median seconds of `reps` runs of `run` on the default stream, each timed by CUDA events,
-// after `warmup` untimed ones.
-template <typename Run>
-absl::StatusOr<double> MedianSeconds(Run&& run, int warmup, int reps) {
-  for (int i = 0; i < warmup; ++i) DSERVE_RETURN_IF_ERROR(run());
-  DSERVE_RETURN_IF_ERROR(Synchronize());
-  cudaEvent_t start, stop;
-  DSERVE_CUDA_RETURN_IF_ERROR(cudaEventCreate(&start));
-  DSERVE_CUDA_RETURN_IF_ERROR(cudaEventCreate(&stop));
-  std::vector<double> seconds;
-  absl::Status status;
-  for (int i = 0; i < reps && status.ok(); ++i) {
-    status = [&]() -> absl::Status {
-      DSERVE_CUDA_RETURN_IF_ERROR(cudaEventRecord(start, nullptr));
-      DSERVE_RETURN_IF_ERROR(run());
-      DSERVE_CUDA_RETURN_IF_ERROR(cudaEventRecord(stop, nullptr));
-      DSERVE_CUDA_RETURN_IF_ERROR(cudaEventSynchronize(stop));
-      float ms = 0;
-      DSERVE_CUDA_RETURN_IF_ERROR(cudaEventElapsedTime(&ms, start, stop));
-      seconds.push_back(ms * 1e-3);
-      return absl::OkStatus();
-    }();
-  }
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
-  DSERVE_RETURN_IF_ERROR(status);
-  std::sort(seconds.begin(), seconds.end());
-  return seconds[seconds.size() / 2];
-}
-
-// Device-to-device cudaMemcpy of 1 GiB: bytes read plus bytes written per second.
-absl::StatusOr<double> CopyBandwidth() {
-  constexpr size_t kBytes = size_t{1} << 30;
-  DSERVE_ASSIGN_OR_RETURN(Tensor src, DeviceTensor(DType::kU8, {static_cast<int64_t>(kBytes)}));
-  DSERVE_ASSIGN_OR_RETURN(Tensor dst, DeviceTensor(DType::kU8, {static_cast<int64_t>(kBytes)}));
-  DSERVE_RETURN_IF_ERROR(FillDevice(src.raw(), 0x3C, kBytes));
-  auto copy = [&]() -> absl::Status {
-    DSERVE_CUDA_RETURN_IF_ERROR(
-        cudaMemcpyAsync(dst.raw(), src.raw(), kBytes, cudaMemcpyDeviceToDevice, nullptr));
-    return absl::OkStatus();
-  };
-  DSERVE_ASSIGN_OR_RETURN(const double s, MedianSeconds(copy, 2, kReps));
-  return 2.0 * kBytes / s;
-}
 
 // A cache of kBatch * kMaxContext tokens of one layer in `format`: a block of random tokens
 // (latents about RMS-normalised, FP8 encoded as the cache write does) repeated over the pages.
@@ -187,7 +143,7 @@ absl::Status Run() {
             DSERVE_CUDA_RETURN_IF_ERROR(LaunchMlaDecode(p, nullptr));
             return absl::OkStatus();
           };
-          DSERVE_ASSIGN_OR_RETURN(const double s, MedianSeconds(decode, kWarmup, kReps));
+          DSERVE_ASSIGN_OR_RETURN(const double s, MedianSeconds(decode, nullptr, kWarmup, kReps));
           // A sanity check, not a test (mla_decode_test is): the first sequence's outputs exist.
           std::vector<float> first(static_cast<size_t>(s_q * heads * kKvLora));
           DSERVE_RETURN_IF_ERROR(

@@ -26,6 +26,7 @@
 #include "kernels/cuda/moe/dispatch.h"
 #include "kernels/cuda/moe/grouped_gemm.h"
 #include "kernels/ops.h"
+#include "tests/gpu/bench_timing.h"
 
 namespace dserve::kernels::cuda {
 namespace {
@@ -40,52 +41,6 @@ constexpr int kWarmup = 3;
 constexpr int kReps = 10;
 constexpr int64_t kMatrixBytes = kInter * kHidden;  // one FP8 projection
 constexpr int64_t kMatrixScales = (kInter / 128) * (kHidden / 128);
-
-// Median seconds of `reps` runs of `run` on `stream`, each timed by CUDA events, after `warmup`
-// untimed ones.
-template <typename Run>
-absl::StatusOr<double> MedianSeconds(Run&& run, cudaStream_t stream, int warmup = kWarmup,
-                                     int reps = kReps) {
-  for (int i = 0; i < warmup; ++i) DSERVE_RETURN_IF_ERROR(run());
-  DSERVE_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
-  cudaEvent_t start, stop;
-  DSERVE_CUDA_RETURN_IF_ERROR(cudaEventCreate(&start));
-  DSERVE_CUDA_RETURN_IF_ERROR(cudaEventCreate(&stop));
-  std::vector<double> seconds;
-  absl::Status status;
-  for (int i = 0; i < reps && status.ok(); ++i) {
-    status = [&]() -> absl::Status {
-      DSERVE_CUDA_RETURN_IF_ERROR(cudaEventRecord(start, stream));
-      DSERVE_RETURN_IF_ERROR(run());
-      DSERVE_CUDA_RETURN_IF_ERROR(cudaEventRecord(stop, stream));
-      DSERVE_CUDA_RETURN_IF_ERROR(cudaEventSynchronize(stop));
-      float ms = 0;
-      DSERVE_CUDA_RETURN_IF_ERROR(cudaEventElapsedTime(&ms, start, stop));
-      seconds.push_back(ms * 1e-3);
-      return absl::OkStatus();
-    }();
-  }
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
-  DSERVE_RETURN_IF_ERROR(status);
-  std::sort(seconds.begin(), seconds.end());
-  return seconds[seconds.size() / 2];
-}
-
-// Device-to-device cudaMemcpy of 1 GiB: bytes read plus bytes written per second.
-absl::StatusOr<double> CopyBandwidth() {
-  constexpr size_t kBytes = size_t{1} << 30;
-  DSERVE_ASSIGN_OR_RETURN(Tensor src, DeviceTensor(DType::kU8, {static_cast<int64_t>(kBytes)}));
-  DSERVE_ASSIGN_OR_RETURN(Tensor dst, DeviceTensor(DType::kU8, {static_cast<int64_t>(kBytes)}));
-  DSERVE_RETURN_IF_ERROR(FillDevice(src.raw(), 0x3C, kBytes));
-  auto copy = [&]() -> absl::Status {
-    DSERVE_CUDA_RETURN_IF_ERROR(
-        cudaMemcpyAsync(dst.raw(), src.raw(), kBytes, cudaMemcpyDeviceToDevice, nullptr));
-    return absl::OkStatus();
-  };
-  DSERVE_ASSIGN_OR_RETURN(const double s, MedianSeconds(copy, nullptr, 2, kReps));
-  return 2.0 * kBytes / s;
-}
 
 // Fills `bytes` of device memory from a random host block of `pattern` bytes, doubling copies.
 absl::Status FillFromPattern(uint8_t* dst, size_t bytes, const std::vector<uint8_t>& pattern) {
@@ -244,7 +199,7 @@ absl::Status Run() {
       DSERVE_CUDA_RETURN_IF_ERROR(LaunchMoeExperts(p, stream));
       return absl::OkStatus();
     };
-    DSERVE_ASSIGN_OR_RETURN(r.seconds, MedianSeconds(chain, stream));
+    DSERVE_ASSIGN_OR_RETURN(r.seconds, MedianSeconds(chain, stream, kWarmup, kReps));
 
     // The two grouped GEMMs alone, over the routing and activations the chain left in its
     // workspace (the same layout LaunchMoeExperts carves: dispatch, x in BF16, SwiGLU outputs).
@@ -283,8 +238,8 @@ absl::Status Run() {
         return absl::OkStatus();
       };
     };
-    DSERVE_ASSIGN_OR_RETURN(r.gate_up, MedianSeconds(gemm(g), stream));
-    DSERVE_ASSIGN_OR_RETURN(r.down, MedianSeconds(gemm(d), stream));
+    DSERVE_ASSIGN_OR_RETURN(r.gate_up, MedianSeconds(gemm(g), stream, kWarmup, kReps));
+    DSERVE_ASSIGN_OR_RETURN(r.down, MedianSeconds(gemm(d), stream, kWarmup, kReps));
     DSERVE_CUDA_RETURN_IF_ERROR(LaunchMoeExperts(p, stream));  // the output again, for the check
     DSERVE_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
     std::vector<float> got(T * kHidden), old(T * kHidden);
@@ -296,7 +251,7 @@ absl::Status Run() {
       ops->MoeExperts(x_rows, experts.mlp, ids_rows, w_rows, old_rows);
       return ops->TakeError();
     };
-    DSERVE_ASSIGN_OR_RETURN(r.old_path, MedianSeconds(old_path, stream, 1));
+    DSERVE_ASSIGN_OR_RETURN(r.old_path, MedianSeconds(old_path, stream, 1, kReps));
     DSERVE_RETURN_IF_ERROR(CopyToHost(old.data(), d_old.raw(), old.size() * sizeof(float)));
     double dot = 0, gg = 0, oo = 0, max_err = 0, max_ref = 0;
     for (size_t i = 0; i < got.size(); ++i) {

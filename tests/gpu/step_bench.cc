@@ -27,6 +27,7 @@
 #include "kernels/cuda/device_memory.h"
 #include "models/deepseek_model.h"
 #include "models/model_generator.h"
+#include "tests/gpu/bench_timing.h"
 
 namespace dserve::kernels::cuda {
 namespace {
@@ -43,30 +44,6 @@ struct Options {
 double Median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v[v.size() / 2];
-}
-
-// Device-to-device copy bandwidth (read + write bytes per second), median of 10 copies of 1 GiB.
-absl::StatusOr<double> CopyBandwidth() {
-  const int64_t bytes = int64_t{1} << 30;
-  DSERVE_ASSIGN_OR_RETURN(Tensor a, DeviceTensor(DType::kU8, {bytes}));
-  DSERVE_ASSIGN_OR_RETURN(Tensor b, DeviceTensor(DType::kU8, {bytes}));
-  cudaEvent_t start, stop;
-  cudaEventCreate(&start);
-  cudaEventCreate(&stop);
-  std::vector<double> seconds;
-  for (int i = 0; i < 12; ++i) {
-    cudaEventRecord(start);
-    cudaMemcpyAsync(b.raw(), a.raw(), bytes, cudaMemcpyDeviceToDevice);
-    cudaEventRecord(stop);
-    cudaEventSynchronize(stop);
-    float ms = 0;
-    cudaEventElapsedTime(&ms, start, stop);
-    if (i >= 2) seconds.push_back(ms / 1e3);
-  }
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
-  if (cudaGetLastError() != cudaSuccess) return absl::InternalError("copy bandwidth failed");
-  return 2.0 * bytes / Median(seconds);
 }
 
 // Bytes of one checkpoint tensor, by name.

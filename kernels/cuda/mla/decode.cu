@@ -28,6 +28,8 @@
 #include <limits>
 #include <vector>
 
+#include "kernels/cuda/ptx.cuh"
+
 namespace dserve::kernels::cuda {
 namespace {
 
@@ -94,63 +96,14 @@ struct DecodeArgs {
   bool fp8_copy16;  // FP8 tokens copied in 16-byte pieces (else 4-byte: token_bytes % 16 != 0)
 };
 
-// ---- PTX wrappers -------------------------------------------------------------------------
-
-__device__ __forceinline__ uint32_t SmemAddress(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-__device__ __forceinline__ void LdMatrixX4(uint32_t (&r)[4], uint32_t address) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(address));
-}
-
-__device__ __forceinline__ void LdMatrixX4Trans(uint32_t (&r)[4], uint32_t address) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(address));
-}
-
-// d += a * b for one 16x8x16 tile, F32 accumulators.
-__device__ __forceinline__ void Mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
-                                    uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
-      "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-// 16 bytes global -> shared, asynchronously; with fill false nothing is read and the 16 bytes
-// are zeroed (cp.async's src-size 0), which is how keys no row sees stay unread.
-__device__ __forceinline__ void CpAsync16(uint32_t dst, const void* src, bool fill) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
-               "r"(fill ? 16 : 0));
-}
+// ---- PTX wrappers (the shared ones are in ../ptx.cuh) ---------------------------------------
 
 __device__ __forceinline__ void CpAsync4(uint32_t dst, const void* src) {
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(dst), "l"(src));
 }
 
-__device__ __forceinline__ void CpAsyncCommit() {
-  asm volatile("cp.async.commit_group;\n" ::: "memory");
-}
-
-// Waits until at most kPending of this thread's committed groups are still in flight.
-template <int kPending>
-__device__ __forceinline__ void CpAsyncWait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
-}
-
 // ---- Small helpers ------------------------------------------------------------------------
 
-__device__ __forceinline__ uint32_t PackBf16(float lo, float hi) {
-  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  uint32_t u;
-  memcpy(&u, &v, sizeof(u));
-  return u;
-}
 
 // Byte offset of 16-byte chunk `chunk` of row `row` in a tile of kRowBytesT-byte rows. The
 // chunk index is XORed with row % 8 so the 8 rows an ldmatrix phase reads (same logical chunk)
@@ -317,7 +270,8 @@ class DecodeCta {
     for (int c = tid_ % 4; c < kChunks; c += 4) {
       const int col = ChunkSource(c, a_.kv_lora, a_.rope);
       const bool fill = token != nullptr && col >= 0;
-      CpAsync16(dst + Swizzled<kRowBytes>(row, c), fill ? token + 2 * col : a_.cache, fill);
+      CpAsync16(dst + Swizzled<kRowBytes>(row, c), fill ? token + 2 * col : a_.cache,
+                fill ? 16 : 0);
     }
     CpAsyncCommit();
   }
@@ -330,7 +284,7 @@ class DecodeCta {
                            (tid_ / 4) * a_.stage_stride;
       if (a_.fp8_copy16) {
         for (int j = tid_ % 4; j < a_.token_bytes / 16; j += 4) {
-          CpAsync16(dst + 16 * j, token + 16 * j, true);
+          CpAsync16(dst + 16 * j, token + 16 * j, 16);
         }
       } else {
         for (int j = tid_ % 4; j < a_.token_bytes / 4; j += 4) CpAsync4(dst + 4 * j, token + 4 * j);
