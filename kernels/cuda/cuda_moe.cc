@@ -57,13 +57,8 @@ void CudaOps::CountExperts(const Tensor& ids, Tensor& counts) {
 }
 
 const MoeExpertWeights* CudaOps::GroupedExperts(std::span<const MlpWeights> experts) {
-  // Known by the list's address and its first weight's (a list at a reused address from
-  // another model has other weights).
-  const std::pair<const MlpWeights*, const void*> key{experts.data(), experts[0].gate.data};
-  if (auto it = expert_tables_.find(key); it != expert_tables_.end()) {
-    return it->second.empty() ? nullptr : it->second.data<MoeExpertWeights>();
-  }
-  // Eligible: every expert FP8 with 128x128 blocks, or every one BF16; sizes of whole blocks.
+  // Eligible: every expert FP8 with 128x128 blocks, or every one BF16; sizes of whole blocks;
+  // data on the device, 16-byte aligned (the kernels' asynchronous copies), FP8 with scales.
   const DType dtype = experts[0].gate.dtype;
   const int64_t H = experts[0].gate.cols, I = experts[0].gate.rows;
   bool ok = (dtype == DType::kF8E4M3 || dtype == DType::kBF16) && H % 128 == 0 && I % 128 == 0 &&
@@ -71,28 +66,40 @@ const MoeExpertWeights* CudaOps::GroupedExperts(std::span<const MlpWeights> expe
   std::vector<MoeExpertWeights> table;
   for (const MlpWeights& m : experts) {
     for (const Weight* w : {&m.gate, &m.up, &m.down}) {
-      ok = ok && w->dtype == dtype &&
-           (dtype != DType::kF8E4M3 || (w->block_rows == 128 && w->block_cols == 128));
+      ok = ok && w->dtype == dtype && w->data != nullptr &&
+           reinterpret_cast<uintptr_t>(w->data) % 16 == 0 &&
+           (dtype != DType::kF8E4M3 ||
+            (w->block_rows == 128 && w->block_cols == 128 && w->scale_inv != nullptr));
     }
     ok = ok && m.gate.rows == I && m.up.rows == I && m.gate.cols == H && m.up.cols == H &&
          m.down.rows == H && m.down.cols == I;
     table.push_back({m.gate.data, m.up.data, m.down.data, m.gate.scale_inv, m.up.scale_inv,
                      m.down.scale_inv});
   }
-  Tensor device;
-  if (ok) {
-    Tensor host(AllocateHost(table.size() * sizeof(MoeExpertWeights)), DType::kU8,
-                {static_cast<int64_t>(table.size() * sizeof(MoeExpertWeights))});
-    std::memcpy(host.raw(), table.data(), host.bytes());
-    const absl::Status placed = PlaceTensor(host);
-    if (!placed.ok()) {
-      Record(placed);
-      return nullptr;
-    }
-    device = std::move(host);
+  // Reused while the list holds the same weights (every step of a loaded model); a list at a
+  // reused address with other weights gets a new table.
+  ExpertTable& cached = expert_tables_[experts.data()];
+  if (cached.host.size() == table.size() && cached.eligible == ok &&
+      std::memcmp(cached.host.data(), table.data(), table.size() * sizeof(table[0])) == 0) {
+    return cached.device.empty() ? nullptr : cached.device.data<MoeExpertWeights>();
   }
-  expert_tables_[key] = device;
-  return device.empty() ? nullptr : device.data<MoeExpertWeights>();
+  cached = ExpertTable();
+  if (!ok) {
+    cached.host = std::move(table);
+    return nullptr;
+  }
+  Tensor host(AllocateHost(table.size() * sizeof(MoeExpertWeights)), DType::kU8,
+              {static_cast<int64_t>(table.size() * sizeof(MoeExpertWeights))});
+  std::memcpy(host.raw(), table.data(), host.bytes());
+  const absl::Status placed = PlaceTensor(host);
+  if (!placed.ok()) {
+    Record(placed);
+    return nullptr;
+  }
+  cached.host = std::move(table);
+  cached.eligible = true;
+  cached.device = std::move(host);
+  return cached.device.data<MoeExpertWeights>();
 }
 
 void CudaOps::MoeExperts(const Tensor& x, std::span<const MlpWeights> experts, const Tensor& ids,
@@ -101,9 +108,17 @@ void CudaOps::MoeExperts(const Tensor& x, std::span<const MlpWeights> experts, c
   const int64_t T = x.dim(0), H = x.dim(1);
   const int64_t K = T > 0 ? ids.numel() / T : 0;
   const int E = static_cast<int>(experts.size());
-  if (options_.gemm == GemmMode::kTensorCores && E > 0 && T > 0 && K <= 16) {
-    CheckF32(x, T, H, "moe input");
-    CheckF32(out, T, H, "moe output");
+  CheckF32(x, T, H, "moe input");
+  CheckF32(out, T, H, "moe output");
+  DSERVE_CHECK(E > 0 && experts[0].gate.cols == H) << "experts for inputs of width " << H;
+  DSERVE_CHECK(ids.dtype() == DType::kI32 && weights.dtype() == DType::kF32 &&
+               ids.numel() == T * K && weights.numel() == T * K &&
+               ids.device() == Device::kCuda && weights.device() == Device::kCuda)
+      << "ids/weights per token: " << ids.ShapeString() << ", " << weights.ShapeString();
+  if (T == 0) return;
+  // The grouped kernels drop an expert id outside [0, E) (the per-expert path below reports
+  // it) and sum a repeated one; the router produces neither.
+  if (options_.gemm == GemmMode::kTensorCores && options_.grouped_moe && K >= 1 && K <= 16) {
     if (const MoeExpertWeights* table = GroupedExperts(experts)) {
       // The workspace grows with the tokens (about 0.25 MB each at V3's sizes): long prefill
       // chunks go in pieces.
@@ -133,14 +148,6 @@ void CudaOps::MoeExperts(const Tensor& x, std::span<const MlpWeights> experts, c
     }
     if (Failed()) return;
   }
-  CheckF32(x, T, H, "moe input");
-  CheckF32(out, T, H, "moe output");
-  DSERVE_CHECK(E > 0) << "no experts";
-  DSERVE_CHECK(ids.dtype() == DType::kI32 && weights.dtype() == DType::kF32 &&
-               ids.numel() == T * K && weights.numel() == T * K &&
-               ids.device() == Device::kCuda && weights.device() == Device::kCuda)
-      << "ids/weights per token: " << ids.ShapeString() << ", " << weights.ShapeString();
-  if (T == 0) return;
   RecordLaunch(cudaMemsetAsync(out.raw(), 0, out.bytes(), stream_), "cudaMemsetAsync");
   // The routing is read back once (a few bytes per token) to group tokens by expert.
   std::vector<int32_t> host_ids(T * K);

@@ -7,7 +7,6 @@
 #include <map>
 #include <memory>
 #include <string>
-#include <utility>
 #include <vector>
 
 #include <cuda_runtime_api.h>
@@ -36,6 +35,9 @@ enum class GemmMode {
 struct CudaOpsOptions {
   int device = 0;
   GemmMode gemm = GemmMode::kTensorCores;
+  // With kTensorCores: routed experts as grouped GEMMs (moe/) where they qualify; false keeps
+  // the per-expert path (benchmarks compare the two).
+  bool grouped_moe = true;
 };
 
 class CudaOps final : public Ops {
@@ -132,8 +134,14 @@ class CudaOps final : public Ops {
     Staged data;
   };
   DecodePlan decode_plans_[2];
-  // GroupedExperts' tables by the layer's expert list (an empty tensor: not eligible).
-  std::map<std::pair<const MlpWeights*, const void*>, Tensor> expert_tables_;
+  // GroupedExperts' tables by the layer's expert list: the pointers they were made from (to
+  // tell another list at a reused address apart), whether it qualified, the device copy.
+  struct ExpertTable {
+    std::vector<MoeExpertWeights> host;
+    bool eligible = false;
+    Tensor device;
+  };
+  std::map<const MlpWeights*, ExpertTable> expert_tables_;
 };
 
 // A checkpoint weight as the kernels see it (its data and scales on the device).

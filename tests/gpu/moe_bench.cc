@@ -165,6 +165,7 @@ absl::Status Run() {
   // The current per-expert path, for comparison (it reads the routing back every call).
   CudaOpsOptions options;
   options.gemm = GemmMode::kTensorCores;
+  options.grouped_moe = false;  // CudaOps would otherwise take the grouped kernels too
   DSERVE_ASSIGN_OR_RETURN(std::unique_ptr<CudaOps> ops, CudaOps::Create(options));
   const cudaStream_t stream = ops->stream();
 
