@@ -265,6 +265,20 @@ class CudaOpsTest : public ::testing::Test {
     return v;
   }
 
+  // x * w^T on the CPU (the reference), and on `ops` from a device copy of x into a
+  // NaN-poisoned output, read back (the ops' error checked on the way).
+  Tensor CpuLinear(const Tensor& x, const Weight& w) {
+    Tensor out = Tensor::Zeros(DType::kF32, {x.dim(0), w.rows});
+    cpu_.Linear(x, w, out);
+    return out;
+  }
+  std::vector<float> GpuLinear(CudaOps& ops, const Tensor& x, const Weight& w) {
+    const Tensor dx = ToDevice(x);
+    Tensor out = Poisoned(ops, DType::kF32, {x.dim(0), w.rows});
+    ops.Linear(dx, w, out);
+    return Read<float>(ops, out);
+  }
+
   cpu::CpuOps cpu_{0};
   std::unique_ptr<CudaOps> exact_, tensor_cores_;
 };

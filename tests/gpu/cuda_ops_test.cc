@@ -39,13 +39,8 @@ TEST_F(CudaOpsTest, LinearExactMatchesCpuForEveryWeightDtype) {
               absl::StrCat("Linear ", TypeName(dtype), " ", ShapeName(m, n, k));
           SCOPED_TRACE(what);
           const Tensor x = RandomTensor({m, k}, rng);
-          Tensor want = Tensor::Zeros(DType::kF32, {m, n});
-          cpu_.Linear(x, w.host.w, want);
-          const Tensor dx = ToDevice(x);
-          Tensor out = Poisoned(*exact_, DType::kF32, {m, n});
-          exact_->Linear(dx, w.device, out);
-          DSERVE_ASSERT_OPS_OK(*exact_);
-          const std::vector<float> got = Read<float>(*exact_, out);
+          const Tensor want = CpuLinear(x, w.host.w);
+          const std::vector<float> got = GpuLinear(*exact_, x, w.device);
           ExpectWithinSumBound(got, want, AbsProductSums(x, w.host), kExactRel, what);
         }
       }
@@ -64,13 +59,8 @@ TEST_F(CudaOpsTest, LinearTensorCoresFp8IsWithinE4m3ActivationRounding) {
         const std::string what = absl::StrCat("FP8 tensor cores ", ShapeName(m, n, k));
         SCOPED_TRACE(what);
         const Tensor x = GroupScaledActivations(m, k, rng);
-        Tensor want = Tensor::Zeros(DType::kF32, {m, n});
-        cpu_.Linear(x, w.host.w, want);
-        const Tensor dx = ToDevice(x);
-        Tensor out = Poisoned(*tensor_cores_, DType::kF32, {m, n});
-        tensor_cores_->Linear(dx, w.device, out);
-        DSERVE_ASSERT_OPS_OK(*tensor_cores_);
-        const std::vector<float> got = Read<float>(*tensor_cores_, out);
+        const Tensor want = CpuLinear(x, w.host.w);
+        const std::vector<float> got = GpuLinear(*tensor_cores_, x, w.device);
         EXPECT_EQ(NonBf16Count(got), 0) << "the shape qualifies: the product should be cuBLASLt's";
         ExpectAgree(got.data(), want.data<float>(), m * n, kNoAbs, kFp8Rel, kFp8Cosine, what);
 
@@ -101,13 +91,8 @@ TEST_F(CudaOpsTest, LinearTensorCoresBf16IsWithinBf16Rounding) {
         const std::string what = absl::StrCat("BF16 tensor cores ", ShapeName(m, n, k));
         SCOPED_TRACE(what);
         const Tensor x = RandomTensor({m, k}, rng);
-        Tensor want = Tensor::Zeros(DType::kF32, {m, n});
-        cpu_.Linear(x, w.host.w, want);
-        const Tensor dx = ToDevice(x);
-        Tensor out = Poisoned(*tensor_cores_, DType::kF32, {m, n});
-        tensor_cores_->Linear(dx, w.device, out);
-        DSERVE_ASSERT_OPS_OK(*tensor_cores_);
-        const std::vector<float> got = Read<float>(*tensor_cores_, out);
+        const Tensor want = CpuLinear(x, w.host.w);
+        const std::vector<float> got = GpuLinear(*tensor_cores_, x, w.device);
         // cuBLASLt writes F32 here, but from BF16-rounded activations (2^-9 relative): further
         // from the CPU than the exact kernel's F32 rounding, which shows which path ran.
         EXPECT_GT(Compare(got.data(), want.data<float>(), m * n).rel, 1e-5)
@@ -143,13 +128,8 @@ TEST_F(CudaOpsTest, LinearTensorCoresFallsBackToTheExactKernelForOtherShapes) {
           absl::StrCat("fallback ", TypeName(c.dtype), " ", ShapeName(m, c.n, c.k));
       SCOPED_TRACE(what);
       const Tensor x = RandomTensor({m, c.k}, rng);
-      Tensor want = Tensor::Zeros(DType::kF32, {m, c.n});
-      cpu_.Linear(x, w.host.w, want);
-      const Tensor dx = ToDevice(x);
-      Tensor out = Poisoned(*tensor_cores_, DType::kF32, {m, c.n});
-      tensor_cores_->Linear(dx, w.device, out);
-      DSERVE_ASSERT_OPS_OK(*tensor_cores_);
-      const std::vector<float> got = Read<float>(*tensor_cores_, out);
+      const Tensor want = CpuLinear(x, w.host.w);
+      const std::vector<float> got = GpuLinear(*tensor_cores_, x, w.device);
       EXPECT_GT(NonBf16Count(got), 0) << "F32 outputs expected from the exact kernel";
       ExpectWithinSumBound(got, want, AbsProductSums(x, w.host), kExactRel, what);
     }
