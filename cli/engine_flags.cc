@@ -31,6 +31,10 @@ std::vector<FlagSpec> EngineFlags() {
                     engine::kMaxSpeculativeTokens,
                     " (default 1; bench: a list, 0 = off, e.g. 0,1,2,3)"),
        ""},
+      {"cuda-graph-max-batch",
+       "cuda: decode steps of up to this many sequences replay CUDA graphs recorded at start-up "
+       "(0: every step eager)",
+       "256"},
   };
 }
 
@@ -97,6 +101,7 @@ absl::StatusOr<engine::EngineConfig> ParseEngineConfig(const Flags& flags,
         "--num-speculative-tokens takes one value here (lists are for dserve bench)");
   }
   c.num_speculative_tokens = drafts[0];
+  DSERVE_ASSIGN_OR_RETURN(c.graph_max_batch, flags.GetInt("cuda-graph-max-batch", 0, 1 << 16));
   c.mla_mode = session.mla_mode;
   c.sampler_threads = session.threads;
   if (!sized && session.ops->device() == Device::kCuda) {

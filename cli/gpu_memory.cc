@@ -66,7 +66,14 @@ absl::StatusOr<double> GpuKvCacheBytes(const ModelSession& session,
   // free memory then already excludes them.
   const int64_t T = std::min<int64_t>(config.scheduler.max_batched_tokens,
                                       model.config().max_position_embeddings);
+  model.ops().ResetActivationPeak();
   DSERVE_RETURN_IF_ERROR(RunLargestStep(model, config, T));
+  // The decode step graphs take their activations from an arena of their own (sized like
+  // models/step_graphs.cc does, from a decode step no larger than the probe's).
+  const double graph_arena =
+      config.graph_max_batch > 0
+          ? static_cast<double>(model.ops().ActivationPeakBytes()) * 1.25 + (64 << 20)
+          : 0.0;
   DSERVE_ASSIGN_OR_RETURN(const kernels::cuda::DeviceInfo info, kernels::cuda::GetDeviceInfo());
   const double total = static_cast<double>(info.total_bytes);
   const double in_use = total - static_cast<double>(info.free_bytes);
@@ -77,12 +84,13 @@ absl::StatusOr<double> GpuKvCacheBytes(const ModelSession& session,
                                                 (1 + config.num_speculative_tokens) +
                                             info.multiprocessors) *
                         64 * (model.config().kv_lora_rank * 4 + 8);
-  const double kv = total * utilization - in_use - splits;
+  const double kv = total * utilization - in_use - splits - graph_arena;
   std::fprintf(stderr,
                "GPU memory: %s, %.2f GB; weights + activations of a %lld-token step + runtime "
-               "%.2f GB; KV cache %.2f GB (--gpu-memory-utilization %.2f)\n",
+               "%.2f GB; step graphs' arena %.2f GB; KV cache %.2f GB "
+               "(--gpu-memory-utilization %.2f)\n",
                info.name.c_str(), total / 1e9, static_cast<long long>(T), in_use / 1e9,
-               std::max(kv, 0.0) / 1e9, utilization);
+               graph_arena / 1e9, std::max(kv, 0.0) / 1e9, utilization);
   if (kv <= 0) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "--gpu-memory-utilization ", utilization, " of ", total / 1e9, " GB leaves no room for "

@@ -1,6 +1,7 @@
 #include "engine/engine_core.h"
 
 #include <optional>
+#include <cstdio>
 
 #include <algorithm>
 #include <chrono>
@@ -68,21 +69,56 @@ absl::StatusOr<std::unique_ptr<EngineCore>> EngineCore::Create(models::DeepseekM
         "--kv-cache-gb ", config.kv_cache_gb, " holds no page of ", config.page_size,
         " tokens (", shape.page_bytes(), " bytes each)"));
   }
-  shape.num_pages = pages;
+  if (config.graph_max_batch < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--cuda-graph-max-batch must be >= 0 (0: no graphs), got ", config.graph_max_batch));
+  }
+  const bool graphs = config.graph_max_batch > 0 && model.ops().device() != Device::kCpu;
+  shape.num_pages = pages + (graphs ? 1 : 0);
   DSERVE_ASSIGN_OR_RETURN(kernels::LatentCache cache, model.ops().NewLatentCache(shape));
-  return std::unique_ptr<EngineCore>(new EngineCore(model, tokenizer, config, std::move(cache)));
+  std::unique_ptr<EngineCore> core(
+      new EngineCore(model, tokenizer, config, std::move(cache), pages));
+  if (graphs) {
+    models::StepGraphOptions o;
+    o.batch_sizes = models::DefaultGraphBatchSizes(
+        std::min(config.graph_max_batch, config.scheduler.max_num_seqs));
+    o.rows_per_sequence = {1};
+    if (config.num_speculative_tokens > 0) {
+      o.rows_per_sequence.push_back(1 + config.num_speculative_tokens);
+    }
+    o.max_context = model.config().max_position_embeddings;
+    o.scratch_page = static_cast<int32_t>(pages);  // the page past the manager's
+    absl::StatusOr<std::unique_ptr<models::StepGraphs>> g =
+        models::StepGraphs::Capture(model, core->cache_, o);
+    if (g.ok()) {
+      core->graphs_ = std::move(g).value();
+      core->runner_->set_graphs(core->graphs_.get());
+    } else if (g.status().code() == absl::StatusCode::kFailedPrecondition ||
+               g.status().code() == absl::StatusCode::kUnimplemented) {
+      // A model whose step cannot be recorded (say its experts take the per-expert path)
+      // still runs, every step eager.
+      std::fprintf(stderr, "dserve: decode steps run without CUDA graphs: %s\n",
+                   std::string(g.status().message()).c_str());
+    } else {
+      return absl::Status(g.status().code(),
+                          absl::StrCat("recording the decode step graphs failed (run without "
+                                       "them with --cuda-graph-max-batch 0): ",
+                                       g.status().message()));
+    }
+  }
+  return core;
 }
 
 EngineCore::EngineCore(models::DeepseekModel& model, const Tokenizer* tokenizer,
-                       const EngineConfig& config, kernels::LatentCache cache)
+                       const EngineConfig& config, kernels::LatentCache cache,
+                       int64_t kv_pages)
     : model_(model),
       tokenizer_(tokenizer),
       config_(config),
       cache_(std::move(cache)),
       sample_pool_(std::max(1, config.sampler_threads)) {
-  const int64_t num_pages = cache_.shape().num_pages;
   kv_ = std::make_unique<KvCacheManager>(
-      KvCacheConfig{num_pages, config.page_size, config.enable_prefix_caching},
+      KvCacheConfig{kv_pages, config.page_size, config.enable_prefix_caching},
       [this](int32_t src, int32_t dst) { model_.ops().CopyCachePage(cache_, src, dst); });
   scheduler_ = std::make_unique<Scheduler>(config.scheduler, *kv_);
   runner_ = std::make_unique<ModelRunner>(model, cache_, *kv_, config.mla_mode);
@@ -364,6 +400,7 @@ absl::Status EngineCore::Step(std::vector<RequestOutput>* outputs) {
   ++stats_.steps;
   stats_.tokens += work.num_tokens;
   stats_.forward_seconds += Seconds(t1, t2);
+  if (runner_->last_step_graphed()) ++stats_.graph_steps;
   if (verified) stats_.verify_forward_seconds += Seconds(t1, t2);
   stats_.sample_seconds += Seconds(t2, sampled_at);
   stats_.mtp_seconds += Seconds(sampled_at, t3);

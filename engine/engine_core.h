@@ -23,6 +23,7 @@
 #include "engine/tokenizer/tokenizer.h"
 #include "kernels/latent_cache.h"
 #include "models/deepseek_model.h"
+#include "models/step_graphs.h"
 
 namespace dserve::engine {
 
@@ -43,6 +44,10 @@ struct EngineConfig {
   // unchanged: every position is still sampled from the main model's logits and a draft only
   // saves the step that would have produced it.
   int num_speculative_tokens = 0;
+  // Decode steps of up to this many sequences replay graphs recorded at start-up (CUDA
+  // graphs; models/step_graphs.h), in the buckets DefaultGraphBatchSizes gives; 0: every step
+  // eager. Ignored on the CPU. The cache gets one page more, the graphs' scratch page.
+  int64_t graph_max_batch = 0;
   // Tests only: replaces the MTP head's draft for a sequence when it returns a token (the MTP
   // head still runs). Random-weight test models never draft right; this exercises the paths
   // that accept drafts.
@@ -62,6 +67,7 @@ struct EngineStats {
   int64_t draft_tokens = 0, accepted_draft_tokens = 0;
   std::array<int64_t, kMaxSpeculativeTokens> drafts_at{}, accepted_at{};
   double mtp_seconds = 0, verify_forward_seconds = 0;
+  int64_t graph_steps = 0;  // steps replayed from a step graph
 };
 
 class EngineCore {
@@ -94,8 +100,9 @@ class EngineCore {
   const models::ModelConfig& model_config() const { return model_.config(); }
 
  private:
+  // kv_pages: the pages requests may use (the cache may hold one more: the graphs' scratch).
   EngineCore(models::DeepseekModel& model, const Tokenizer* tokenizer, const EngineConfig& config,
-             kernels::LatentCache cache);
+             kernels::LatentCache cache, int64_t kv_pages);
 
   std::unique_ptr<Sequence> NewSequence(const std::shared_ptr<RequestState>& request, int index);
   // The ids the sampler must not pick yet (min_tokens) for the token after `generated` ones.
@@ -138,6 +145,7 @@ class EngineCore {
   kernels::LatentCache cache_;
   std::unique_ptr<KvCacheManager> kv_;
   std::unique_ptr<Scheduler> scheduler_;
+  std::unique_ptr<models::StepGraphs> graphs_;  // declared after the cache: destroyed first
   std::unique_ptr<ModelRunner> runner_;
   ThreadPool sample_pool_;
   std::unordered_map<RequestId, std::shared_ptr<RequestState>> requests_;

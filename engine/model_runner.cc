@@ -59,7 +59,9 @@ absl::Status ModelRunner::Run(const SchedulerOutput& work, RunnerOutput* out) {
   in.logit_rows = logit_rows_;
   in.mla_mode = mla_mode_;
   fwd_.logits.swap(out->logits);  // reuse the previous step's logits buffer
-  DSERVE_RETURN_IF_ERROR(model_.Forward(in, cache_, &fwd_));
+  last_graphed_ = graphs_ != nullptr && graphs_->Covers(in);
+  DSERVE_RETURN_IF_ERROR(last_graphed_ ? graphs_->Run(in, &fwd_)
+                                       : model_.Forward(in, cache_, &fwd_));
   out->logits.swap(fwd_.logits);
   out->hidden = &fwd_.hidden;
   return absl::OkStatus();

@@ -11,6 +11,7 @@
 #include "engine/scheduler.h"
 #include "kernels/latent_cache.h"
 #include "models/deepseek_model.h"
+#include "models/step_graphs.h"
 
 namespace dserve::engine {
 
@@ -42,12 +43,18 @@ class ModelRunner {
   // the absorbed one, so a token's result does not depend on how it was chunked or batched
   // (preemption recomputes generated tokens inside a prefill and must get the same bits).
   absl::Status Run(const SchedulerOutput& work, RunnerOutput* out);
+  // Decode steps a graph covers replay it (null: every step eager). Not owned.
+  void set_graphs(models::StepGraphs* graphs) { graphs_ = graphs; }
+  // Whether the last Run replayed a graph.
+  bool last_step_graphed() const { return last_graphed_; }
 
  private:
   models::DeepseekModel& model_;
   kernels::LatentCache& cache_;
   const KvCacheManager& kv_;
   kernels::MlaMode mla_mode_;
+  models::StepGraphs* graphs_ = nullptr;
+  bool last_graphed_ = false;
   // Reused across steps.
   std::vector<int32_t> tokens_, positions_, logit_rows_;
   models::ForwardOutput fwd_;

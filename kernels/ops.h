@@ -10,12 +10,15 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <span>
+#include <string>
 #include <string_view>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 #include "core/tensor.h"
 #include "kernels/latent_cache.h"
 #include "kernels/router_config.h"
@@ -52,6 +55,26 @@ struct MlpWeights {
   Weight down;  // [hidden, intermediate]
 };
 
+// What a step graph reads: the step's token ids, batch and logit rows. A graph is recorded for
+// one shape (rows, each sequence's row count, logit rows, the most block-table entries) and
+// replayed with any input of that shape.
+struct StepGraphInput {
+  std::span<const int32_t> tokens;
+  const AttentionBatch* batch = nullptr;
+  std::span<const int32_t> logit_rows;
+  const LatentCache* cache = nullptr;
+  int num_heads = 0;  // the model's attention heads (the attention plan depends on them)
+};
+
+// A recorded step (a CUDA graph). Replay refills the graph's inputs from `in` and enqueues the
+// recorded work; its outputs land in the tensors the recorded ops wrote, which stay valid
+// until the next replay of any graph of the same backend.
+class StepGraph {
+ public:
+  virtual ~StepGraph() = default;
+  virtual absl::Status Replay(const StepGraphInput& in) = 0;
+};
+
 class Ops {
  public:
   virtual ~Ops() = default;
@@ -79,6 +102,23 @@ class Ops {
   virtual void CopyCachePage(LatentCache& cache, int32_t src, int32_t dst) {
     cache.CopyPage(src, dst);
   }
+
+  // Step graphs (models/step_graphs.h): BeginStepGraph starts recording the ops called after it
+  // for the shape of `in` (their work is recorded, not run), EndStepGraph returns the graph.
+  // Activations of a recording come from an arena of `arena_bytes` made at the first
+  // recording and shared by every graph. Backends without graphs return Unimplemented.
+  virtual absl::Status BeginStepGraph(const StepGraphInput& in, int64_t arena_bytes) {
+    (void)in;
+    (void)arena_bytes;
+    return absl::UnimplementedError(absl::StrCat("the ", std::string(name()), " backend has no step graphs"));
+  }
+  virtual absl::StatusOr<std::unique_ptr<StepGraph>> EndStepGraph() {
+    return absl::UnimplementedError(absl::StrCat("the ", std::string(name()), " backend has no step graphs"));
+  }
+  // The most bytes of activations (Empty) alive at once since the last ResetActivationPeak
+  // (0 where not tracked): sizes the step graphs' arena.
+  virtual int64_t ActivationPeakBytes() const { return 0; }
+  virtual void ResetActivationPeak() {}
 
   // New F32/I32 activation tensor on this backend's device.
   virtual Tensor Empty(DType dtype, std::vector<int64_t> shape) = 0;
@@ -126,6 +166,15 @@ class Ops {
   // out = sum over k of weights[t, k] * experts[ids[t, k]](x[t]).
   virtual void MoeExperts(const Tensor& x, std::span<const MlpWeights> experts,
                           const Tensor& ids, const Tensor& weights, Tensor& out) = 0;
+  // MoeExperts, plus shared(x) when `shared` is given and the backend runs the shared expert
+  // together with the routed ones (then true; false: the caller adds shared(x) itself).
+  virtual bool MoeExpertsWithShared(const Tensor& x, std::span<const MlpWeights> experts,
+                                    const MlpWeights* shared, const Tensor& ids,
+                                    const Tensor& weights, Tensor& out) {
+    (void)shared;
+    MoeExperts(x, experts, ids, weights, out);
+    return false;
+  }
 };
 
 }  // namespace dserve::kernels

@@ -206,8 +206,11 @@ void DeepseekModel::Block(const BlockWeights& w, int layer, int cache_layer, con
     ops_.MoeRoute(h, w.moe.router, w.moe.bias, router, ids, expert_weights);
     RecordExpertLoad(layer, ids);
     ffn = ops_.Empty(DType::kF32, {T, c.hidden_size});
-    ops_.MoeExperts(h, w.moe.experts, ids, expert_weights, ffn);
-    if (w.moe.shared) ops_.Add(ffn, Mlp(*w.moe.shared, h));
+    const MlpWeights* shared = w.moe.shared ? &*w.moe.shared : nullptr;
+    if (!ops_.MoeExpertsWithShared(h, w.moe.experts, shared, ids, expert_weights, ffn) &&
+        shared) {
+      ops_.Add(ffn, Mlp(*shared, h));
+    }
   }
   ops_.Add(x, ffn);
   if (step.trace) {
@@ -278,9 +281,7 @@ void DeepseekModel::Logits(const Weight& head, const Tensor& x, std::span<const 
   ops_.CopyToHost(out, logits->data());
 }
 
-absl::Status DeepseekModel::Forward(const ForwardInput& in, LatentCache& cache,
-                                    ForwardOutput* out) {
-  DSERVE_RETURN_IF_ERROR(Validate(in.tokens, in.batch, in.logit_rows, cache, 0));
+Tensor DeepseekModel::Trunk(const ForwardInput& in, LatentCache& cache) {
   const ModelConfig& c = config_;
   const int64_t T = static_cast<int64_t>(in.tokens.size());
   Tensor x = ops_.Empty(DType::kF32, {T, c.hidden_size});
@@ -289,9 +290,37 @@ absl::Status DeepseekModel::Forward(const ForwardInput& in, LatentCache& cache,
   for (int layer = 0; layer < c.num_hidden_layers; ++layer) {
     Block(weights_.layers[layer], layer, layer, step, x);
   }
-  out->hidden = ops_.Empty(DType::kF32, {T, c.hidden_size});
-  ops_.RmsNorm(x, weights_.final_norm, static_cast<float>(c.rms_norm_eps), out->hidden);
+  Tensor hidden = ops_.Empty(DType::kF32, {T, c.hidden_size});
+  ops_.RmsNorm(x, weights_.final_norm, static_cast<float>(c.rms_norm_eps), hidden);
+  return hidden;
+}
+
+absl::Status DeepseekModel::Forward(const ForwardInput& in, LatentCache& cache,
+                                    ForwardOutput* out) {
+  DSERVE_RETURN_IF_ERROR(ValidateForward(in, cache));
+  out->hidden = Trunk(in, cache);
   Logits(weights_.lm_head, out->hidden, in.logit_rows, &out->logits);
+  FlushExpertLoad();
+  return ops_.TakeError();
+}
+
+absl::Status DeepseekModel::ValidateForward(const ForwardInput& in, const LatentCache& cache) {
+  return Validate(in.tokens, in.batch, in.logit_rows, cache, 0);
+}
+
+void DeepseekModel::ForwardOnDevice(const ForwardInput& in, LatentCache& cache, Tensor* logits,
+                                    Tensor* hidden) {
+  *hidden = Trunk(in, cache);
+  const int64_t n = static_cast<int64_t>(in.logit_rows.size());
+  Tensor picked = ops_.Empty(DType::kF32, {n, config_.hidden_size});
+  ops_.GatherRows(*hidden, in.logit_rows, picked);
+  *logits = ops_.Empty(DType::kF32, {n, config_.vocab_size});
+  ops_.Linear(picked, weights_.lm_head, *logits);
+}
+
+absl::Status DeepseekModel::FinishStep(const Tensor& logits, int64_t rows, ForwardOutput* out) {
+  out->logits.resize(rows * config_.vocab_size);
+  if (rows > 0) ops_.CopyToHost(logits.Rows(0, rows), out->logits.data());
   FlushExpertLoad();
   return ops_.TakeError();
 }

@@ -79,6 +79,15 @@ class DeepseekModel {
 
   // One forward step over a flattened batch; writes each new token's latent into the cache.
   absl::Status Forward(const ForwardInput& in, kernels::LatentCache& cache, ForwardOutput* out);
+  // Forward in two halves, for step graphs (step_graphs.h): the device work from the
+  // embedding to the logits of in.logit_rows, nothing copied to the host and nothing waited
+  // for (what a graph records; `in` must have passed ValidateForward) ...
+  absl::Status ValidateForward(const ForwardInput& in, const kernels::LatentCache& cache);
+  void ForwardOnDevice(const ForwardInput& in, kernels::LatentCache& cache, Tensor* logits,
+                       Tensor* hidden);
+  // ... and after it (or a graph's replay): the first `rows` rows of the logits to the host,
+  // the step's expert load, the backend's error.
+  absl::Status FinishStep(const Tensor& logits, int64_t rows, ForwardOutput* out);
   // The MTP head's logits (draft distribution for the token after next_tokens).
   absl::Status ForwardMtp(const MtpInput& in, kernels::LatentCache& cache,
                           std::vector<float>* logits);
@@ -105,6 +114,8 @@ class DeepseekModel {
   };
   Step MakeStep(const kernels::AttentionBatch& batch, kernels::MlaMode mode,
                 kernels::LatentCache& cache, const TraceFn& trace);
+  // Embedding, every layer and the final norm: the hidden states [T, hidden].
+  Tensor Trunk(const ForwardInput& in, kernels::LatentCache& cache);
   // x [T, hidden] goes through one decoder block in place.
   void Block(const BlockWeights& w, int layer, int cache_layer, const Step& step, Tensor& x);
   Tensor Attention(const AttentionWeights& w, int cache_layer, const Step& step, const Tensor& h);

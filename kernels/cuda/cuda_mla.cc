@@ -1,5 +1,6 @@
 // CudaOps' MLA: the latent-cache write and attention over the paged cache, with the per-row
-// metadata (positions, slots, causal key counts, block tables) built here on the host.
+// metadata (positions, slots, causal key counts, block tables) built on the host
+// (step_metadata.h).
 #include <algorithm>
 #include <vector>
 
@@ -8,12 +9,10 @@
 #include "kernels/cuda/mla/decode.h"
 #include "kernels/cuda/mla_attention.h"
 #include "kernels/cuda/mla_cache.h"
+#include "kernels/cuda/step_metadata.h"
 
 namespace dserve::kernels::cuda {
 namespace {
-
-// Query rows of one CTA in the tensor-core MLA kernel (mla/decode.h's largest row tile).
-constexpr int64_t kDecodeTileRows = 64;
 
 bool SameSequence(const MlaDecodeSequence& a, const MlaDecodeSequence& b) {
   return a.row_begin == b.row_begin && a.num_rows == b.num_rows && a.keys == b.keys &&
@@ -32,29 +31,14 @@ void CudaOps::MlaWriteCache(const Tensor& kv_a, const Tensor& kv_norm, float eps
   DSERVE_CHECK(layer >= 0 && layer < s.num_layers) << "layer " << layer;
   DSERVE_CHECK(static_cast<int64_t>(batch.positions.size()) == T) << "positions for every row";
   DSERVE_CHECK(cache.storage().device() == Device::kCuda) << "the latent cache is not on cuda";
-  std::vector<int64_t> offsets;
-  offsets.reserve(T);
   CheckF32(kv_a, T, s.kv_lora_rank + s.rope_dim, "kv_a");
   DSERVE_CHECK(kv_norm.numel() == s.kv_lora_rank && kv_norm.device() == Device::kCuda &&
                kv_norm.dtype() == DType::kF32)
       << "kv_a_layernorm weight " << kv_norm.ShapeString();
-  for (const SequenceSlice& seq : batch.sequences) {
-    DSERVE_CHECK(seq.row_begin == static_cast<int64_t>(offsets.size()))
-        << "slices must tile the rows in order";
-    DSERVE_CHECK(static_cast<int64_t>(seq.block_table.size()) * s.page_size >=
-                 seq.cached_tokens + seq.num_tokens)
-        << "block table of " << seq.block_table.size() << " pages cannot hold "
-        << seq.cached_tokens + seq.num_tokens << " tokens";
-    for (int64_t i = 0; i < seq.num_tokens; ++i) {
-      const int64_t index = seq.cached_tokens + i;
-      const int32_t page = seq.block_table[index / s.page_size];
-      DSERVE_CHECK(page >= 0 && page < s.num_pages) << "page " << page;
-      // Relative to the layer's first page: the same offsets for every layer of a step, so
-      // they are uploaded once.
-      offsets.push_back(cache.ByteOffset(0, page, index % s.page_size));
-    }
-  }
-  DSERVE_CHECK(static_cast<int64_t>(offsets.size()) == T) << "slices must cover the rows";
+  // Relative to the layer's first page: the same offsets for every layer of a step, so they
+  // are uploaded once.
+  std::vector<int64_t> offsets;
+  CacheSlotOffsets(batch, cache, T, &offsets);
   for (int32_t pos : batch.positions) {
     DSERVE_CHECK(pos >= 0 && pos < rope.num_positions) << "position " << pos;
   }
@@ -95,25 +79,8 @@ void CudaOps::MlaAttention(const MlaParams& p, const Tensor& q, Tensor& out) {
   CheckF32(out, T, H * p.v_dim, "MLA output");
   DSERVE_CHECK(static_cast<int64_t>(p.batch->positions.size()) == T) << "positions for every row";
   // Per row: how many cached tokens it sees (causal) and where its block table starts.
-  std::vector<int32_t> rows(2 * T);
-  std::vector<int32_t> tables;
-  int64_t covered = 0;
-  for (const SequenceSlice& seq : p.batch->sequences) {
-    DSERVE_CHECK(seq.row_begin == covered) << "slices must tile the rows in order";
-    DSERVE_CHECK(static_cast<int64_t>(seq.block_table.size()) * s.page_size >=
-                 seq.cached_tokens + seq.num_tokens)
-        << "block table too short";
-    for (int32_t page : seq.block_table) {
-      DSERVE_CHECK(page >= 0 && page < s.num_pages) << "page " << page;
-    }
-    for (int64_t i = 0; i < seq.num_tokens; ++i) {
-      rows[seq.row_begin + i] = static_cast<int32_t>(seq.cached_tokens + i + 1);
-      rows[T + seq.row_begin + i] = static_cast<int32_t>(tables.size());
-    }
-    tables.insert(tables.end(), seq.block_table.begin(), seq.block_table.end());
-    covered += seq.num_tokens;
-  }
-  DSERVE_CHECK(covered == T) << "slices cover " << covered << " of " << T << " rows";
+  std::vector<int32_t> rows, tables;
+  MlaRowsAndTables(*p.batch, s, T, &rows, &tables);
   for (int32_t pos : p.batch->positions) {
     DSERVE_CHECK(pos >= 0 && pos < p.rope->num_positions) << "position " << pos;
   }
@@ -153,31 +120,23 @@ void CudaOps::MlaAttention(const MlaParams& p, const Tensor& q, Tensor& out) {
     RecordLaunch(LaunchMlaAttention(a, stream_), "MlaAttention");
     return;
   }
-  // Sequences whose rows fit one 64-row tile (decodes, drafts being verified) and longer
-  // chunks are planned and launched apart: one plan sizes every CTA's row tiles by its largest
-  // sequence, so a prefill chunk among decodes would leave the decodes few key splits.
   std::vector<MlaDecodeSequence> groups[2];
-  for (const SequenceSlice& seq : p.batch->sequences) {
-    if (seq.num_tokens == 0) continue;
-    const bool chunk = seq.num_tokens * H > kDecodeTileRows;
-    groups[chunk].push_back({static_cast<int32_t>(seq.row_begin),
-                             static_cast<int32_t>(seq.num_tokens),
-                             static_cast<int32_t>(seq.cached_tokens + seq.num_tokens),
-                             rows[T + seq.row_begin]});
-  }
+  MlaDecodeGroups(*p.batch, rows, T, H, groups);
   RecordLaunch(LaunchMlaAbsorbQuery(a, stream_), "MlaAbsorbQuery");
   for (int g = 0; g < 2 && !Failed(); ++g) {
     if (groups[g].empty()) continue;
     DecodePlan& plan = decode_plans_[g];
     // The plan depends only on the step's sequences: made once, shared by every layer.
-    if (groups[g].size() != plan.seqs.size() || H != plan.heads ||
+    // A recording takes the plan padded to the graph's fixed shape.
+    if (groups[g].size() != plan.seqs.size() || H != plan.heads || capturing_ != plan.for_graph ||
         !std::equal(groups[g].begin(), groups[g].end(), plan.seqs.begin(), SameSequence)) {
       plan.seqs.clear();
-      RecordLaunch(PlanMlaDecode(groups[g].data(), groups[g].size(), H, sms_, &plan.plan),
+      RecordLaunch(PlanMlaDecodeGroup(groups[g], H, sms_, capturing_, &plan.plan),
                    "PlanMlaDecode");
       if (Failed()) return;
       plan.seqs = std::move(groups[g]);
       plan.heads = H;
+      plan.for_graph = capturing_;
     }
     const void* d_plan = Stage(plan.data, plan.plan.data.data(), plan.plan.data_bytes());
     const size_t split_bytes = MlaDecodeWorkspaceBytes(plan.plan.schedule, s.kv_lora_rank);

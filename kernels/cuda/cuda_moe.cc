@@ -56,15 +56,21 @@ void CudaOps::CountExperts(const Tensor& ids, Tensor& counts) {
                "CountExperts");
 }
 
-const MoeExpertWeights* CudaOps::GroupedExperts(std::span<const MlpWeights> experts) {
+const MoeExpertWeights* CudaOps::GroupedExperts(std::span<const MlpWeights> experts,
+                                                const MlpWeights* shared) {
   // Eligible: every expert FP8 with 128x128 blocks, or every one BF16; sizes of whole blocks;
   // data on the device, 16-byte aligned (the kernels' asynchronous copies), FP8 with scales.
+  // A shared expert joins as expert E: it must look like the routed ones.
   const DType dtype = experts[0].gate.dtype;
   const int64_t H = experts[0].gate.cols, I = experts[0].gate.rows;
+  std::vector<const MlpWeights*> list;
+  for (const MlpWeights& m : experts) list.push_back(&m);
+  if (shared) list.push_back(shared);
   bool ok = (dtype == DType::kF8E4M3 || dtype == DType::kBF16) && H % 128 == 0 && I % 128 == 0 &&
-            experts.size() <= 1024;
+            list.size() <= static_cast<size_t>(kMoeMaxExperts);
   std::vector<MoeExpertWeights> table;
-  for (const MlpWeights& m : experts) {
+  for (const MlpWeights* e : list) {
+    const MlpWeights& m = *e;
     for (const Weight* w : {&m.gate, &m.up, &m.down}) {
       ok = ok && w->dtype == dtype && w->data != nullptr &&
            reinterpret_cast<uintptr_t>(w->data) % 16 == 0 &&
@@ -78,7 +84,7 @@ const MoeExpertWeights* CudaOps::GroupedExperts(std::span<const MlpWeights> expe
   }
   // Reused while the list holds the same weights (every step of a loaded model); a list at a
   // reused address with other weights gets a new table.
-  ExpertTable& cached = expert_tables_[experts.data()];
+  ExpertTable& cached = expert_tables_[{experts.data(), shared}];
   if (cached.host.size() == table.size() && cached.eligible == ok &&
       std::memcmp(cached.host.data(), table.data(), table.size() * sizeof(table[0])) == 0) {
     return cached.device.empty() ? nullptr : cached.device.data<MoeExpertWeights>();
@@ -102,51 +108,111 @@ const MoeExpertWeights* CudaOps::GroupedExperts(std::span<const MlpWeights> expe
   return cached.device.data<MoeExpertWeights>();
 }
 
+namespace {
+
+void CheckMoeInputs(const Tensor& x, std::span<const MlpWeights> experts, const Tensor& ids,
+                    const Tensor& weights, const Tensor& out) {
+  const int64_t T = x.dim(0), H = x.dim(1);
+  const int64_t K = T > 0 ? ids.numel() / T : 0;
+  DSERVE_CHECK(x.dtype() == DType::kF32 && out.dtype() == DType::kF32 && out.dim(0) == T &&
+               out.dim(1) == H && x.device() == Device::kCuda && out.device() == Device::kCuda)
+      << "moe input " << x.ShapeString() << ", output " << out.ShapeString();
+  DSERVE_CHECK(!experts.empty() && experts[0].gate.cols == H)
+      << "experts for inputs of width " << H;
+  DSERVE_CHECK(ids.dtype() == DType::kI32 && weights.dtype() == DType::kF32 &&
+               ids.numel() == T * K && weights.numel() == T * K &&
+               ids.device() == Device::kCuda && weights.device() == Device::kCuda)
+      << "ids/weights per token: " << ids.ShapeString() << ", " << weights.ShapeString();
+}
+
+}  // namespace
+
+bool CudaOps::GroupedMoe(const Tensor& x, std::span<const MlpWeights> experts,
+                         const MlpWeights* shared, const Tensor& ids, const Tensor& weights,
+                         Tensor& out) {
+  const int64_t T = x.dim(0), H = x.dim(1);
+  const int64_t K = T > 0 ? ids.numel() / T : 0;
+  const int64_t routed = static_cast<int64_t>(experts.size());
+  const int64_t k_all = K + (shared ? 1 : 0);
+  if (options_.gemm != GemmMode::kTensorCores || !options_.grouped_moe || K < 1 ||
+      k_all > kMoeMaxTopK) {
+    return false;
+  }
+  const MoeExpertWeights* table = GroupedExperts(experts, shared);
+  if (table == nullptr) return false;
+  // The shared expert as expert E, chosen by every token with weight 1 after its routed ones:
+  // the combine's last fused multiply-add by 1 is the model's separate add.
+  const int32_t* all_ids = ids.data<int32_t>();
+  const float* all_weights = weights.data<float>();
+  Tensor shared_ids, shared_weights;
+  if (shared) {
+    shared_ids = Empty(DType::kI32, {T, k_all});
+    shared_weights = Empty(DType::kF32, {T, k_all});
+    if (Failed()) return true;
+    RecordLaunch(LaunchAppendExpert(ids.data<int32_t>(), weights.data<float>(), T,
+                                    static_cast<int32_t>(K), static_cast<int32_t>(routed), 1.0f,
+                                    shared_ids.data<int32_t>(), shared_weights.data<float>(),
+                                    stream_),
+                 "MoE shared expert ids");
+    all_ids = shared_ids.data<int32_t>();
+    all_weights = shared_weights.data<float>();
+  }
+  // The workspace grows with the tokens (about 0.25 MB each at V3's sizes): long prefill
+  // chunks go in pieces.
+  constexpr int64_t kTokensPerCall = 1024;
+  for (int64_t t0 = 0; t0 < T && !Failed(); t0 += kTokensPerCall) {
+    const int64_t n = std::min(kTokensPerCall, T - t0);
+    MoeExpertsParams p;
+    p.x = x.data<float>() + t0 * H;
+    p.ids = all_ids + t0 * k_all;
+    p.weights = all_weights + t0 * k_all;
+    p.out = out.data<float>() + t0 * H;
+    p.tokens = n;
+    p.hidden = H;
+    p.inter = experts[0].gate.rows;
+    p.top_k = static_cast<int32_t>(k_all);
+    p.num_experts = static_cast<int32_t>(routed + (shared ? 1 : 0));
+    p.weight_type = experts[0].gate.dtype == DType::kF8E4M3 ? MoeWeightType::kFp8E4M3
+                                                            : MoeWeightType::kBF16;
+    p.experts = table;
+    p.workspace_bytes = MoeExpertsWorkspaceBytes(p);
+    Tensor workspace = Empty(DType::kU8, {static_cast<int64_t>(p.workspace_bytes)});
+    if (Failed()) return true;
+    p.workspace = workspace.raw();
+    RecordLaunch(LaunchMoeExperts(p, stream_), "MoeExperts (grouped)");
+  }
+  return true;
+}
+
+bool CudaOps::MoeExpertsWithShared(const Tensor& x, std::span<const MlpWeights> experts,
+                                   const MlpWeights* shared, const Tensor& ids,
+                                   const Tensor& weights, Tensor& out) {
+  if (!Begin()) return shared != nullptr;  // nothing runs after an error either way
+  CheckMoeInputs(x, experts, ids, weights, out);
+  if (x.dim(0) == 0) return shared != nullptr;
+  if (shared && GroupedMoe(x, experts, shared, ids, weights, out)) return true;
+  if (Failed()) return true;
+  MoeExperts(x, experts, ids, weights, out);
+  return false;
+}
+
 void CudaOps::MoeExperts(const Tensor& x, std::span<const MlpWeights> experts, const Tensor& ids,
                          const Tensor& weights, Tensor& out) {
   if (!Begin()) return;
   const int64_t T = x.dim(0), H = x.dim(1);
   const int64_t K = T > 0 ? ids.numel() / T : 0;
   const int E = static_cast<int>(experts.size());
-  CheckF32(x, T, H, "moe input");
-  CheckF32(out, T, H, "moe output");
-  DSERVE_CHECK(E > 0 && experts[0].gate.cols == H) << "experts for inputs of width " << H;
-  DSERVE_CHECK(ids.dtype() == DType::kI32 && weights.dtype() == DType::kF32 &&
-               ids.numel() == T * K && weights.numel() == T * K &&
-               ids.device() == Device::kCuda && weights.device() == Device::kCuda)
-      << "ids/weights per token: " << ids.ShapeString() << ", " << weights.ShapeString();
+  CheckMoeInputs(x, experts, ids, weights, out);
   if (T == 0) return;
   // The grouped kernels drop an expert id outside [0, E) (the per-expert path below reports
   // it) and sum a repeated one; the router produces neither.
-  if (options_.gemm == GemmMode::kTensorCores && options_.grouped_moe && K >= 1 && K <= 16) {
-    if (const MoeExpertWeights* table = GroupedExperts(experts)) {
-      // The workspace grows with the tokens (about 0.25 MB each at V3's sizes): long prefill
-      // chunks go in pieces.
-      constexpr int64_t kTokensPerCall = 1024;
-      for (int64_t t0 = 0; t0 < T && !Failed(); t0 += kTokensPerCall) {
-        const int64_t n = std::min(kTokensPerCall, T - t0);
-        MoeExpertsParams p;
-        p.x = x.data<float>() + t0 * H;
-        p.ids = ids.data<int32_t>() + t0 * K;
-        p.weights = weights.data<float>() + t0 * K;
-        p.out = out.data<float>() + t0 * H;
-        p.tokens = n;
-        p.hidden = H;
-        p.inter = experts[0].gate.rows;
-        p.top_k = static_cast<int32_t>(K);
-        p.num_experts = E;
-        p.weight_type = experts[0].gate.dtype == DType::kF8E4M3 ? MoeWeightType::kFp8E4M3
-                                                                : MoeWeightType::kBF16;
-        p.experts = table;
-        p.workspace_bytes = MoeExpertsWorkspaceBytes(p);
-        Tensor workspace = Empty(DType::kU8, {static_cast<int64_t>(p.workspace_bytes)});
-        if (Failed()) return;
-        p.workspace = workspace.raw();
-        RecordLaunch(LaunchMoeExperts(p, stream_), "MoeExperts (grouped)");
-      }
-      return;
-    }
-    if (Failed()) return;
+  if (GroupedMoe(x, experts, nullptr, ids, weights, out) || Failed()) return;
+  if (capturing_) {
+    Record(absl::FailedPreconditionError(
+        "a step graph cannot record the per-expert MoE path (it reads the routing back to the "
+        "host): graphs need --cuda-gemm tensor-cores and FP8 (128x128 blocks) or BF16 experts "
+        "whose sizes are multiples of 128"));
+    return;
   }
   RecordLaunch(cudaMemsetAsync(out.raw(), 0, out.bytes(), stream_), "cudaMemsetAsync");
   // The routing is read back once (a few bytes per token) to group tokens by expert.

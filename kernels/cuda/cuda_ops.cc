@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/check.h"
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/cuda_step_graph.h"
 #include "kernels/cuda/device_memory.h"
 #include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/fp8_quant.h"
@@ -19,8 +20,10 @@ namespace {
 // Activations come from the device's stream-ordered pool and go back to it in the order of
 // its legacy stream, which waits for all earlier work of the backend's (blocking) stream. The
 // legacy stream is the current device's, so the freeing thread switches to the buffer's.
-Buffer::Deleter FreeAsyncOn(int device) {
-  return [device](void* p) {
+template <typename Stats>
+Buffer::Deleter FreeAsyncOn(int device, std::shared_ptr<Stats> stats, int64_t bytes) {
+  return [device, stats = std::move(stats), bytes](void* p) {
+    stats->live.fetch_sub(bytes);
     int current = device;
     const bool switched = cudaGetDevice(&current) == cudaSuccess && current != device &&
                           cudaSetDevice(device) == cudaSuccess;
@@ -191,6 +194,7 @@ Tensor CudaOps::Empty(DType dtype, std::vector<int64_t> shape) {
   int64_t n = 1;
   for (int64_t d : shape) n *= d;
   const size_t bytes = static_cast<size_t>(n) * DTypeSize(dtype);
+  if (capturing_) return ArenaEmpty(dtype, std::move(shape), bytes);
   void* p = nullptr;
   if (Begin()) {
     const cudaError_t e = cudaMallocAsync(&p, bytes == 0 ? 1 : bytes, stream_);
@@ -203,13 +207,22 @@ Tensor CudaOps::Empty(DType dtype, std::vector<int64_t> shape) {
       p = nullptr;
     }
   }
+  Buffer::Deleter free;
+  if (p) {
+    const int64_t live = activations_->live.fetch_add(static_cast<int64_t>(bytes)) +
+                         static_cast<int64_t>(bytes);
+    int64_t peak = activations_->peak.load();
+    while (live > peak && !activations_->peak.compare_exchange_weak(peak, live)) {
+    }
+    free = FreeAsyncOn(options_.device, activations_, static_cast<int64_t>(bytes));
+  }
   // After an error the tensor has no storage; the ops that would use it do nothing.
-  return Tensor(std::make_shared<Buffer>(p, bytes, Device::kCuda,
-                                         p ? FreeAsyncOn(options_.device) : nullptr),
-                dtype, std::move(shape));
+  return Tensor(std::make_shared<Buffer>(p, bytes, Device::kCuda, std::move(free)), dtype,
+                std::move(shape));
 }
 
 const void* CudaOps::Stage(Staged& slot, const void* bytes, size_t size) {
+  if (capturing_) return StageForGraph(slot, bytes, size);
   if (slot.device.empty() || slot.host.size() != size ||
       (size > 0 && std::memcmp(slot.host.data(), bytes, size) != 0)) {
     slot.host.assign(static_cast<const uint8_t*>(bytes), static_cast<const uint8_t*>(bytes) + size);
@@ -221,7 +234,8 @@ const void* CudaOps::Stage(Staged& slot, const void* bytes, size_t size) {
                    "uploading step metadata");
     }
     if (Failed()) {  // never reuse a copy that may not have happened
-      slot = Staged();
+      slot.host.clear();
+      slot.device = Tensor();
       return nullptr;
     }
   }
@@ -241,6 +255,16 @@ void CudaOps::StageRope(const RopeTable& rope) {
   if (rope.cos == rope_host_ && rope.sin == rope_host_sin_ &&
       rope.num_positions == rope_positions_ && rope.rope_dim == rope_dim_ && last == rope_last_) {
     return;
+  }
+  if (capturing_) {
+    Record(absl::FailedPreconditionError(
+        "the RoPE table grew while recording a step graph: record after a step at the longest "
+        "position"));
+    return;
+  }
+  if (graphs_made_ && !rope_cos_.empty()) {  // recorded graphs read the old table
+    retired_rope_.push_back(std::move(rope_cos_));
+    retired_rope_.push_back(std::move(rope_sin_));
   }
   const size_t bytes = static_cast<size_t>(count) * sizeof(float);
   rope_host_ = nullptr;  // until both copies are queued

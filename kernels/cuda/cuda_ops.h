@@ -3,15 +3,19 @@
 // the per-step metadata (token ids, positions, block tables, RoPE tables).
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <map>
+#include <utility>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
 #include <cuda_runtime_api.h>
 
 #include "absl/status/statusor.h"
+#include "core/arena_allocator.h"
 #include "kernels/cuda/blas_lt.h"
 #include "kernels/cuda/latent_format.h"
 #include "kernels/cuda/mla/decode.h"
@@ -20,6 +24,8 @@
 #include "kernels/ops.h"
 
 namespace dserve::kernels::cuda {
+
+class CudaStepGraph;
 
 // How FP8 and BF16 projections multiply.
 enum class GemmMode {
@@ -54,6 +60,14 @@ class CudaOps final : public Ops {
   cudaStream_t stream() const { return stream_; }
   const CudaOpsOptions& options() const { return options_; }
 
+  // CUDA graphs (cuda_graphs.cc). A recording reads its metadata (ids, positions, slots, rows,
+  // block tables, the attention plan) from a fixed device buffer that Replay refills, and its
+  // activations come from the arena. Graphs must be destroyed before this backend.
+  absl::Status BeginStepGraph(const StepGraphInput& in, int64_t arena_bytes) override;
+  absl::StatusOr<std::unique_ptr<StepGraph>> EndStepGraph() override;
+  int64_t ActivationPeakBytes() const override { return activations_->peak.load(); }
+  void ResetActivationPeak() override { activations_->peak.store(activations_->live.load()); }
+
   absl::Status PlaceWeight(Weight& w) override;
   absl::Status PlaceTensor(Tensor& t) override;
   absl::StatusOr<LatentCache> NewLatentCache(const LatentCacheShape& shape) override;
@@ -80,8 +94,14 @@ class CudaOps final : public Ops {
   void CountExperts(const Tensor& ids, Tensor& counts) override;
   void MoeExperts(const Tensor& x, std::span<const MlpWeights> experts, const Tensor& ids,
                   const Tensor& weights, Tensor& out) override;
+  // With the grouped kernels, the shared expert is one more expert of every token (its
+  // weight 1, summed last, as the model adds it).
+  bool MoeExpertsWithShared(const Tensor& x, std::span<const MlpWeights> experts,
+                            const MlpWeights* shared, const Tensor& ids, const Tensor& weights,
+                            Tensor& out) override;
 
  private:
+  friend class CudaStepGraph;
   CudaOps(const CudaOpsOptions& options, int sms, cudaStream_t stream,
           std::unique_ptr<BlasLt> blas);
 
@@ -95,11 +115,30 @@ class CudaOps final : public Ops {
   void RecordLaunch(cudaError_t error, const char* what);
   // A device copy of host bytes for this step's kernels (ids, offsets, tables), in a buffer
   // reused while the bytes are the same as last time (every layer of a step reuses them).
+  // While recording a graph, the graph's input buffer holds the bytes instead (they must equal
+  // what the graph's input builder made for the recorded step: checked).
   struct Staged {
+    explicit Staged(const char* what) : name(what) {}
+    const char* name;  // for errors
     std::vector<uint8_t> host;
     Tensor device;
   };
   const void* Stage(Staged& slot, const void* bytes, size_t size);
+  const void* StageForGraph(Staged& slot, const void* bytes, size_t size);
+  // A recording's activation, from the arena.
+  Tensor ArenaEmpty(DType dtype, std::vector<int64_t> shape, size_t bytes);
+  // Everything a step graph stages, built on the host from its input (step_metadata.h).
+  struct StepInputImage {
+    std::vector<int32_t> ids, logit_rows, positions, rows, tables;
+    std::vector<int64_t> offsets;
+    MlaDecodePlan plans[2];
+  };
+  absl::Status BuildStepInputs(const StepGraphInput& in, StepInputImage* image) const;
+  // Where each staged slot's bytes sit in a graph's input buffer.
+  struct InputRegion {
+    size_t offset = 0, capacity = 0;
+  };
+  absl::Status ReplayStepGraph(CudaStepGraph& graph, const StepGraphInput& in);
   // The RoPE tables on the device (uploaded when the model's table grows).
   void StageRope(const RopeTable& rope);
   void LinearInto(const float* x, int64_t m, const Weight& w, float* out);
@@ -109,7 +148,12 @@ class CudaOps final : public Ops {
 
   // The device table of a MoE layer's expert weights for the grouped GEMMs (moe/), made once
   // per layer; null when its experts do not qualify (dtype, block sizes, shapes).
-  const MoeExpertWeights* GroupedExperts(std::span<const MlpWeights> experts);
+  const MoeExpertWeights* GroupedExperts(std::span<const MlpWeights> experts,
+                                         const MlpWeights* shared = nullptr);
+  // The routed experts (and `shared` as expert E when given) through the grouped kernels;
+  // false, with nothing done, when they do not qualify.
+  bool GroupedMoe(const Tensor& x, std::span<const MlpWeights> experts, const MlpWeights* shared,
+                  const Tensor& ids, const Tensor& weights, Tensor& out);
   // The tensor-core MLA kernel (mla/decode.h) takes this cache.
   bool UseDecodeKernel(const LatentCacheShape& s) const;
 
@@ -118,20 +162,25 @@ class CudaOps final : public Ops {
   cudaStream_t stream_;
   std::unique_ptr<BlasLt> blas_;
   absl::Status error_;
-  Staged ids_, rows_, positions_, offsets_, mla_rows_, mla_tables_, moe_rows_, moe_scales_;
+  Staged ids_{"token ids"}, rows_{"gathered rows"}, positions_{"positions"},
+      offsets_{"cache slots"}, mla_rows_{"MLA rows"}, mla_tables_{"block tables"},
+      moe_rows_{"per-expert token rows"}, moe_scales_{"per-expert routing weights"};
   // The RoPE table last uploaded: its host addresses, size and last position's values.
   const float* rope_host_ = nullptr;
   const float* rope_host_sin_ = nullptr;
   int64_t rope_positions_ = 0, rope_dim_ = 0;
   std::vector<float> rope_last_;
   Tensor rope_cos_, rope_sin_;
+  // Tables replaced after a graph was recorded: graphs still read them.
+  std::vector<Tensor> retired_rope_;
   // An MLA split plan, the sequences it was made for (reused while they repeat: every layer
   // of a step) and its device copy; one for decode-like sequences, one for longer chunks.
   struct DecodePlan {
     std::vector<MlaDecodeSequence> seqs;
     int64_t heads = 0;
+    bool for_graph = false;  // padded to a graph's fixed shape
     MlaDecodePlan plan;
-    Staged data;
+    Staged data{"MLA plan"};
   };
   DecodePlan decode_plans_[2];
   // GroupedExperts' tables by the layer's expert list: the pointers they were made from (to
@@ -141,7 +190,27 @@ class CudaOps final : public Ops {
     bool eligible = false;
     Tensor device;
   };
-  std::map<const MlpWeights*, ExpertTable> expert_tables_;
+  std::map<std::pair<const MlpWeights*, const MlpWeights*>, ExpertTable> expert_tables_;
+
+  // Activation bytes alive (eager allocations), shared with their deleters.
+  struct ActivationStats {
+    std::atomic<int64_t> live{0}, peak{0};
+  };
+  std::shared_ptr<ActivationStats> activations_ = std::make_shared<ActivationStats>();
+  // Recording: the arena activations come from, and where staged slots go.
+  struct GraphArena {
+    std::mutex mu;
+    ArenaAllocator alloc;
+    Tensor memory;
+    explicit GraphArena(int64_t bytes) : alloc(bytes) {}
+  };
+  std::shared_ptr<GraphArena> arena_;
+  bool capturing_ = false;
+  bool graphs_made_ = false;
+  std::unique_ptr<CudaStepGraph> recording_;
+  std::map<const Staged*, InputRegion> input_regions_;
+  std::vector<uint8_t> recorded_image_;  // the recorded step's input bytes (for the check)
+  uint8_t* recording_inputs_ = nullptr;  // the graph's device input buffer
 };
 
 // A checkpoint weight as the kernels see it (its data and scales on the device).

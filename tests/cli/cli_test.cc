@@ -150,6 +150,8 @@ TEST(CliTest, BadInputGetsAClearErrorAndNonZeroExit) {
        "--cuda-gemm must be tensor-cores or exact"},
       {"bench --model " + v3 + " --num-prompts 2 --kv-cache-dtype int4", 2,
        "--kv-cache-dtype must be bf16, fp8 or f32, got 'int4'"},
+      {"bench --model " + v3 + " --num-prompts 2 --cuda-graph-max-batch -1", 2,
+       "--cuda-graph-max-batch must be an integer in [0"},
       {"generate --model /nonexistent/model --tokens 1", 2, "/nonexistent/model/config.json"},
       {"logits --model " + TestdataPath("micro-v2") + " --tokens 1,2 --out /tmp/x.npy --mtp-out "
        "/tmp/y.npy",

@@ -15,6 +15,7 @@
 #include "engine/engine.h"
 #include "engine/engine_core.h"
 #include "engine/tokenizer/tokenizer.h"
+#include "models/step_graphs.h"
 #include "models/greedy_decode.h"
 #include "models/model_generator.h"
 #include "tests/engine/engine_test_support.h"
@@ -94,6 +95,57 @@ TEST(EngineTest, Fp8CacheKeepsOutputsIndependentOfTheBatch) {
   int differ = 0;
   for (size_t i = 0; i < requests.size(); ++i) differ += bf16[i].logprobs != alone[i].logprobs;
   EXPECT_GT(differ, 0);
+}
+
+// Step graphs are a GPU feature: on the CPU the setting changes nothing (no scratch page, no
+// graphed step, the same bits), the CPU backend refuses to record one by name, and a negative
+// setting is refused.
+TEST(EngineTest, StepGraphSettingChangesNothingOnTheCpu) {
+  const std::vector<Request> requests = MixedGreedyRequests(5);
+  EngineConfig config = SmallConfig();
+  const std::vector<Result> eager = RunAll(config, requests);
+  config.graph_max_batch = 64;
+  EngineStats stats;
+  const std::vector<Result> set = RunAll(config, requests, 0, nullptr, nullptr, nullptr, &stats);
+  ExpectSameTokens(set, eager);
+  EXPECT_EQ(stats.graph_steps, 0);
+  auto core = EngineCore::Create(MicroModel(), nullptr, config);
+  ASSERT_TRUE(core.ok()) << core.status();
+  EXPECT_EQ((*core)->num_pages(), config.num_pages);
+
+  kernels::LatentCacheShape shape = MicroModel().CacheShape(4, 16);
+  auto cache = MicroModel().ops().NewLatentCache(shape);
+  ASSERT_TRUE(cache.ok());
+  models::StepGraphOptions o;
+  o.batch_sizes = {1, 2};
+  o.max_context = 32;
+  o.scratch_page = 3;
+  o.show_progress = false;
+  const auto graphs = models::StepGraphs::Capture(MicroModel(), *cache, o);
+  ASSERT_FALSE(graphs.ok());
+  EXPECT_EQ(graphs.status().code(), absl::StatusCode::kUnimplemented);
+  EXPECT_NE(graphs.status().message().find("cpu backend has no step graphs"), std::string::npos)
+      << graphs.status();
+  o.scratch_page = 4;
+  EXPECT_EQ(models::StepGraphs::Capture(MicroModel(), *cache, o).status().code(),
+            absl::StatusCode::kInvalidArgument)
+      << "a scratch page outside the cache";
+
+  config.graph_max_batch = -1;
+  const auto bad = EngineCore::Create(MicroModel(), nullptr, config);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("--cuda-graph-max-batch"), std::string::npos);
+}
+
+TEST(StepGraphsTest, DefaultBucketsGrowByAboutHalfAndEndAtTheMaximum) {
+  EXPECT_EQ(models::DefaultGraphBatchSizes(1), (std::vector<int64_t>{1}));
+  EXPECT_EQ(models::DefaultGraphBatchSizes(6), (std::vector<int64_t>{1, 2, 4, 6}));
+  EXPECT_EQ(models::DefaultGraphBatchSizes(8), (std::vector<int64_t>{1, 2, 4, 8}));
+  EXPECT_EQ(models::DefaultGraphBatchSizes(256),
+            (std::vector<int64_t>{1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256}));
+  EXPECT_EQ(models::DefaultGraphBatchSizes(100),
+            (std::vector<int64_t>{1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 100}));
+  EXPECT_TRUE(models::DefaultGraphBatchSizes(0).empty());
 }
 
 TEST(EngineTest, GreedyMatchesTheModelsOwnDecodeLoop) {

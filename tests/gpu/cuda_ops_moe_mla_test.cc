@@ -148,6 +148,65 @@ TEST_F(CudaOpsMoeMlaTest, MoeExpertsTensorCoresAreWithinActivationRounding) {
   }
 }
 
+// The shared expert as one more grouped expert (tensor cores): the routed experts plus the
+// shared one, within the tensor-core bounds above, of the CPU's MoE + separate MLP; leaving the
+// shared expert out must fail them. Exact mode does not fuse (false): the caller adds it.
+TEST_F(CudaOpsMoeMlaTest, MoeExpertsWithSharedRunsItAsOneMoreExpert) {
+  struct Mode {
+    DType dtype;
+    double rel, cosine;
+  };
+  constexpr int kExperts = 8, K = 4;
+  constexpr int64_t kHidden = 512, kInter = 512;
+  std::mt19937 rng(503);
+  for (const Mode mode : {Mode{DType::kF8E4M3, 0.12, 0.995}, Mode{DType::kBF16, 2e-2, 0.9999}}) {
+    // Expert kExperts of this list is the shared one.
+    const Experts experts =
+        RandomExperts(*tensor_cores_, mode.dtype, kExperts + 1, kHidden, kInter, rng);
+    const std::span<const MlpWeights> routed_host(experts.host.data(), kExperts);
+    const std::span<const MlpWeights> routed_device(experts.device.data(), kExperts);
+    for (const int64_t T : {1, 64, 1100}) {
+      const std::string what = absl::StrCat("MoeExpertsWithShared ", TypeName(mode.dtype), ", ",
+                                            T, " tokens");
+      SCOPED_TRACE(what);
+      const Tensor x = RandomTensor({T, kHidden}, rng);
+      Tensor ids, weights;
+      RouteByHand(Routing::kUniform, T, K, kExperts, rng, &ids, &weights);
+      Tensor routed = Tensor::Zeros(DType::kF32, {T, kHidden});
+      cpu_.MoeExperts(x, routed_host, ids, weights, routed);
+      Tensor gate = Tensor::Zeros(DType::kF32, {T, kInter});
+      Tensor up = Tensor::Zeros(DType::kF32, {T, kInter});
+      Tensor shared_out = Tensor::Zeros(DType::kF32, {T, kHidden});
+      cpu_.Linear(x, experts.host[kExperts].gate, gate);
+      cpu_.Linear(x, experts.host[kExperts].up, up);
+      cpu_.SiluMul(gate, up, gate);
+      cpu_.Linear(gate, experts.host[kExperts].down, shared_out);
+      Tensor want = Tensor::Zeros(DType::kF32, {T, kHidden});
+      std::copy_n(routed.data<float>(), routed.numel(), want.data<float>());
+      cpu_.Add(want, shared_out);
+
+      const Tensor dx = ToDevice(x), dids = ToDevice(ids), dweights = ToDevice(weights);
+      Tensor out = Poisoned(*tensor_cores_, DType::kF32, {T, kHidden});
+      EXPECT_TRUE(tensor_cores_->MoeExpertsWithShared(dx, routed_device,
+                                                      &experts.device[kExperts], dids, dweights,
+                                                      out));
+      DSERVE_ASSERT_OPS_OK(*tensor_cores_);
+      const std::vector<float> got = Read<float>(*tensor_cores_, out);
+      ExpectAgree(got.data(), want.data<float>(), want.numel(), kNoAbs, mode.rel, mode.cosine,
+                  what);
+      EXPECT_FALSE(Passes(Compare(got.data(), routed.data<float>(), want.numel()), mode.rel,
+                          mode.cosine))
+          << "the routed experts alone pass the bounds";
+
+      Tensor exact_out = Poisoned(*exact_, DType::kF32, {T, kHidden});
+      EXPECT_FALSE(exact_->MoeExpertsWithShared(dx, routed_device, &experts.device[kExperts],
+                                                dids, dweights, exact_out))
+          << "exact mode runs the shared expert apart";
+      DSERVE_ASSERT_OPS_OK(*exact_);
+    }
+  }
+}
+
 TEST_F(CudaOpsMoeMlaTest, NewLatentCacheIsZeroedAndCopyCachePageCopiesEveryLayer) {
   std::mt19937 rng(601);
   for (const DType dtype : {DType::kBF16, DType::kF32}) {

@@ -211,10 +211,14 @@ class DeviceBatch {
         tables_(ToDevice(b.block_tables.data(), b.block_tables.size() * sizeof(int32_t))) {}
 
   // o_lat under the plan for a GPU of `sms` multiprocessors; the plan's scalars in *schedule.
-  std::vector<float> Run(int sms, MlaDecodeSchedule* schedule) {
+  // With `padded`, the plan a CUDA graph takes (PadMlaDecodePlanForGraph).
+  std::vector<float> Run(int sms, MlaDecodeSchedule* schedule, bool padded = false) {
     const Shape& s = b_.shape;
     MlaDecodePlan plan;
     EXPECT_EQ(PlanMlaDecode(b_.desc.data(), b_.desc.size(), s.heads, sms, &plan), cudaSuccess);
+    if (padded) {
+      EXPECT_EQ(PadMlaDecodePlanForGraph(sms, &plan), cudaSuccess);
+    }
     *schedule = plan.schedule;
     const Tensor plan_data = Poisoned(plan.data_bytes());
     EXPECT_EQ(UploadMlaDecodePlan(plan, plan_data.data<int32_t>(), nullptr), cudaSuccess);
@@ -341,6 +345,34 @@ TEST(MlaDecodeTest, LongContexts) {
     ExpectMatches(h16, dtype, {{4096, 1}, {4096, 1}, {100, 1}}, {{kH200Sms, Splits::kSome}},
                   seed++);
     ExpectMatches(h128, dtype, {{4096, 2}, {2000, 2}}, {{kH200Sms, Splits::kSome}}, seed++);
+  }
+}
+
+// A CUDA graph's padded plan (empty parts, a zero-row sequence in the combine's list, the
+// largest workspace) computes exactly what the plan it pads computes, bit for bit.
+TEST(MlaDecodeTest, PaddedPlanGivesTheSameBits) {
+  DSERVE_SKIP_WITHOUT_GPU();
+  uint32_t seed = 300;
+  for (const DType dtype : {DType::kBF16, DType::kF8E4M3}) {
+    for (const auto& [heads, s_q] :
+         std::vector<std::pair<int64_t, int32_t>>{{16, 1}, {128, 1}, {128, 2}}) {
+      std::vector<Seq> seqs;
+      for (const int32_t keys : {4096, 5, 700, 64, 2000}) seqs.push_back({keys, s_q});
+      Shape shape;
+      shape.heads = heads;
+      const Batch b = MakeBatch(shape, dtype, seqs, seed++);
+      DeviceBatch device(b);
+      for (const int sms : {3, kH200Sms}) {
+        SCOPED_TRACE(std::string(DTypeName(dtype)) + ", h_q " + std::to_string(heads) +
+                     ", s_q " + std::to_string(s_q) + ", " + std::to_string(sms) + " SMs");
+        MlaDecodeSchedule plain, padded;
+        const std::vector<float> want = device.Run(sms, &plain);
+        const std::vector<float> got = device.Run(sms, &padded, true);
+        EXPECT_GE(padded.num_parts, plain.num_parts);
+        ASSERT_EQ(got.size(), want.size());
+        EXPECT_EQ(std::memcmp(got.data(), want.data(), got.size() * sizeof(float)), 0);
+      }
+    }
   }
 }
 
@@ -500,6 +532,75 @@ TEST(MlaDecodePlanTest, LongSequenceIsSplitEvenly) {
       EXPECT_LE(part[3] - part[1], w.max_piece) << "part " << p;
     }
   }
+}
+
+// A graph's padded plan: one shape for every key count, the same parts and splits as the plan
+// it pads, empty extra parts, and every combine entry past the split sequences naming a
+// sequence of zero rows.
+TEST(MlaDecodePlanTest, PaddedPlansHaveOneShapeAndTheSameWork) {
+  std::mt19937 rng(11);
+  for (int trial = 0; trial < 200; ++trial) {
+    SCOPED_TRACE("trial " + std::to_string(trial));
+    const int n = 1 + static_cast<int>(rng() % 40);
+    const int32_t num_rows = 1 + static_cast<int32_t>(rng() % 3);
+    const int64_t heads = std::vector<int64_t>{16, 128}[rng() % 2];
+    const int sms = std::vector<int>{7, 132}[rng() % 2];
+    MlaDecodeSchedule first;
+    size_t first_size = 0;
+    for (int variant = 0; variant < 3; ++variant) {
+      std::vector<MlaDecodeSequence> seqs;
+      for (int i = 0; i < n; ++i) {
+        const int32_t keys = variant == 0 ? num_rows : static_cast<int32_t>(rng() % 20000) + num_rows;
+        seqs.push_back({i * num_rows, num_rows, keys, i * 400});
+      }
+      MlaDecodePlan plan;
+      ASSERT_EQ(PlanMlaDecode(seqs.data(), seqs.size(), heads, sms, &plan), cudaSuccess);
+      MlaDecodePlan padded = plan;
+      ASSERT_EQ(PadMlaDecodePlanForGraph(sms, &padded), cudaSuccess);
+      const MlaDecodeSchedule& u = plan.schedule;
+      const MlaDecodeSchedule& p = padded.schedule;
+      if (variant == 0) {
+        first = p;
+        first_size = padded.data.size();
+      }
+      EXPECT_EQ(padded.data.size(), first_size);
+      EXPECT_EQ(p.num_parts, first.num_parts);
+      EXPECT_EQ(p.num_seqs, first.num_seqs);
+      EXPECT_EQ(p.num_split_seqs, first.num_split_seqs);
+      EXPECT_EQ(p.num_slots, first.num_slots);
+      EXPECT_EQ(p.max_split_rows, first.max_split_rows);
+      EXPECT_EQ(p.block_m, u.block_m);
+      EXPECT_EQ(p.m_blocks, u.m_blocks);
+      EXPECT_EQ(p.rows_needed, u.rows_needed);
+      EXPECT_EQ(p.num_seqs, n + 1);
+      EXPECT_EQ(p.num_split_seqs, n);
+      EXPECT_EQ(MlaDecodeWorkspaceBytes(p, 512), MlaDecodeWorkspaceBytes(first, 512));
+      // The real parts are the plan's; the rest are empty.
+      const int32_t* pp = padded.data.data();
+      for (int i = 0; i < u.num_parts * 5; ++i) ASSERT_EQ(pp[i], plan.data[i]) << "part field " << i;
+      for (int q = u.num_parts; q < p.num_parts; ++q) EXPECT_GT(pp[q * 5], pp[q * 5 + 2]);
+      // Sequences unchanged, then the zero-row one.
+      const int32_t* ps = pp + p.num_parts * 5;
+      const int32_t* us = plan.data.data() + u.num_parts * 5;
+      for (int i = 0; i < n * 6; ++i) ASSERT_EQ(ps[i], us[i]) << "sequence field " << i;
+      EXPECT_EQ(ps[n * 6 + 1], 0) << "the padding sequence has no rows";
+      // Combine entries: the split sequences, then the padding sequence.
+      const int32_t* splits = ps + p.num_seqs * 6;
+      const int32_t* usplits = us + n * 6;
+      for (int i = 0; i < n; ++i) {
+        EXPECT_EQ(splits[i], i < u.num_split_seqs ? usplits[i] : n) << "combine entry " << i;
+      }
+      // Every partial slot the split sequences use fits the padded workspace.
+      for (int i = 0; i < n; ++i) {
+        if (us[i * 6 + 4] > 1) {
+          EXPECT_LE(us[i * 6 + 5] + us[i * 6 + 4], p.num_slots);
+        }
+      }
+    }
+  }
+  MlaDecodePlan empty;
+  ASSERT_EQ(PlanMlaDecode(nullptr, 0, 16, 132, &empty), cudaSuccess);
+  EXPECT_EQ(PadMlaDecodePlanForGraph(132, &empty), cudaErrorInvalidValue) << "no sequence";
 }
 
 // A batch of equal sequences that fits the GPU one sequence per part is not split.

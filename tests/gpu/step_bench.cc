@@ -27,6 +27,7 @@
 #include "kernels/cuda/device_memory.h"
 #include "models/deepseek_model.h"
 #include "models/model_generator.h"
+#include "models/step_graphs.h"
 #include "tests/gpu/bench_timing.h"
 
 namespace dserve::kernels::cuda {
@@ -79,6 +80,8 @@ double LayerWeightBytes(const models::DeepseekModel& m, int layer, int64_t batch
 
 struct StepTimes {
   double with_head = 0, layers_only = 0;
+  double graphed = 0;  // the same step (with the head) replayed from a CUDA graph; 0: none
+  std::string graph_error;
   std::vector<double> layer_ms;  // per layer, GPU time between events
 };
 
@@ -86,7 +89,8 @@ absl::StatusOr<StepTimes> TimeStep(models::DeepseekModel& model, CudaOps& ops, i
                                    const Options& o) {
   const models::ModelConfig& c = model.config();
   const int64_t page = 64, pages_per_seq = (o.context + 1 + page - 1) / page;
-  LatentCacheShape shape = model.CacheShape(batch * pages_per_seq, page);
+  // One page more: the step graph's scratch page.
+  LatentCacheShape shape = model.CacheShape(batch * pages_per_seq + 1, page);
   shape.dtype = o.cache;
   DSERVE_ASSIGN_OR_RETURN(LatentCache cache, ops.NewLatentCache(shape));
   // Finite, moderate values in every format: BF16 0x3C3C, E4M3 0x3C with F32 scales 0x3C3C3C3C.
@@ -138,6 +142,31 @@ absl::StatusOr<StepTimes> TimeStep(models::DeepseekModel& model, CudaOps& ops, i
     }
   }
   for (cudaEvent_t& e : events) cudaEventDestroy(e);
+  // The same step from a CUDA graph (models/step_graphs.h), wall time of the replay with the
+  // logits copied back, as the eager figure above.
+  models::StepGraphOptions g;
+  g.batch_sizes = {batch};
+  g.max_context = pages_per_seq * page;
+  g.scratch_page = static_cast<int32_t>(batch * pages_per_seq);
+  g.show_progress = false;
+  in.logit_rows = rows;
+  in.trace = nullptr;
+  absl::StatusOr<std::unique_ptr<models::StepGraphs>> graphs =
+      models::StepGraphs::Capture(model, cache, g);
+  if (graphs.ok()) {
+    std::vector<double> replays;
+    for (int run = 0; run < 7; ++run) {
+      const auto t0 = std::chrono::steady_clock::now();
+      DSERVE_RETURN_IF_ERROR((*graphs)->Run(in, &out));
+      if (run >= 2) {
+        replays.push_back(
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+      }
+    }
+    t.graphed = Median(replays);
+  } else {
+    t.graph_error = std::string(graphs.status().message());
+  }
   t.with_head = Median(with);
   t.layers_only = Median(without);
   for (auto& v : per_layer) t.layer_ms.push_back(Median(v));
@@ -203,14 +232,16 @@ absl::Status Run(const Options& opts) {
     const double step61 = 3 * dense_layer + 58 * moe_layer + head_ms;
     const double roof61 = 3 * dense_roof + 58 * moe_roof + head_bytes / bandwidth * 1e3;
     table.push_back(absl::StrFormat(
-        "%5lld %9.2f %9.2f %8.3f %8.3f %8.3f %8.3f %9.2f %9.2f %9.3f %7.2fx",
+        "%5lld %9.2f %9.2f %8.3f %8.3f %8.3f %8.3f %9.2f %9.2f %9.3f %7.2fx %8.2f %6.2fx",
         static_cast<long long>(batch), t->with_head * 1e3, t->layers_only * 1e3, dense_layer,
-        dense_roof, moe_layer, moe_roof, step61, roof61, step61 / batch, step61 / roof61));
+        dense_roof, moe_layer, moe_roof, step61, roof61, step61 / batch, step61 / roof61,
+        t->graphed * 1e3, t->graphed > 0 ? t->with_head / t->graphed : 0.0));
+    if (!t->graph_error.empty()) table.push_back("  no graph: " + t->graph_error);
   }
   std::printf("\n== decode step, DeepSeek-V3 dimensions (ms; roofline: the bytes a layer must "
               "read at the copy's read+write rate) ==\n");
   std::printf("batch  step+head layers   dense  dense-rf     moe   moe-rf  61-layer  61-roof "
-              "ms/token  vs-roof\n");
+              "ms/token  vs-roof    graph  speedup\n");
   for (const std::string& row : table) std::printf("%s\n", row.c_str());
   std::printf("61-layer: 3 dense + 58 MoE layers at the measured per-layer times + the LM head; "
               "ms/token: that step / batch (per GPU, one GPU holding every expert). Layer 0's "

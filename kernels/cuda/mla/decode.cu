@@ -769,6 +769,39 @@ cudaError_t PlanMlaDecode(const MlaDecodeSequence* seqs, size_t count, int64_t h
   return cudaSuccess;
 }
 
+cudaError_t PadMlaDecodePlanForGraph(int sms, MlaDecodePlan* plan) {
+  if (plan == nullptr || sms < 1) return cudaErrorInvalidValue;
+  MlaDecodeSchedule& s = plan->schedule;
+  if (!ValidSchedule(s) || s.num_seqs < 1) return cudaErrorInvalidValue;
+  const int n = s.num_seqs;
+  const int max_parts = std::min(65535, std::max(1, sms / s.m_blocks));
+  const size_t expected = static_cast<size_t>(s.num_parts) * kPartFields +
+                          static_cast<size_t>(n) * kSeqFields + s.num_split_seqs;
+  if (s.num_parts > max_parts || plan->data.size() != expected) return cudaErrorInvalidValue;
+  const auto parts_end = plan->data.begin() + static_cast<ptrdiff_t>(s.num_parts) * kPartFields;
+  const auto seqs_end = parts_end + static_cast<ptrdiff_t>(n) * kSeqFields;
+  std::vector<int32_t> data(plan->data.begin(), parts_end);
+  // An empty part: its first sequence comes after its last.
+  for (int p = s.num_parts; p < max_parts; ++p) data.insert(data.end(), {1, 0, 0, 0, 0});
+  data.insert(data.end(), parts_end, seqs_end);
+  int64_t max_rows = 0;
+  for (auto q = parts_end; q != seqs_end; q += kSeqFields) {
+    max_rows = std::max<int64_t>(max_rows, static_cast<int64_t>(q[1]) * s.heads);
+  }
+  data.insert(data.end(), {0, 0, 0, 0, 0, 0});  // sequence n: no rows
+  data.insert(data.end(), seqs_end, plan->data.end());
+  for (int i = s.num_split_seqs; i < n; ++i) data.push_back(n);
+  plan->data = std::move(data);
+  // A piece starts at each sequence and at each part boundary inside one: at most
+  // n + max_parts - 1 pieces, so as many slots at most.
+  s.num_parts = max_parts;
+  s.num_seqs = n + 1;
+  s.num_split_seqs = n;
+  s.num_slots = n + max_parts;
+  s.max_split_rows = static_cast<int32_t>(max_rows);
+  return cudaSuccess;
+}
+
 cudaError_t UploadMlaDecodePlan(const MlaDecodePlan& plan, int32_t* device_plan,
                                 cudaStream_t stream) {
   if (plan.data.empty()) return cudaSuccess;

@@ -77,6 +77,15 @@ inline cudaError_t PlanMlaDecode(std::span<const MlaDecodeSequence> seqs, int64_
 }
 #endif
 
+// For a CUDA graph, which fixes the launch shapes and the plan's size: pads a plan in place to
+// what every step with the same sequences' row counts gets on a GPU of `sms` multiprocessors,
+// whatever their key counts — the most parts (the extra ones empty), every sequence listed for
+// the combine (the entries past the split ones name an added sequence of zero rows, which the
+// combine skips) and workspace for the most partial results a split can make. The kernels do
+// the same arithmetic as with the unpadded plan. cudaErrorInvalidValue for an empty or
+// invalid plan, or one made for another `sms`.
+cudaError_t PadMlaDecodePlanForGraph(int sms, MlaDecodePlan* plan);
+
 // Copies plan.data to `device_plan` (at least plan.data_bytes()) on `stream`. The host vector
 // may be reused when this returns (pageable memory is staged before the call returns).
 cudaError_t UploadMlaDecodePlan(const MlaDecodePlan& plan, int32_t* device_plan,

@@ -233,4 +233,37 @@ cudaError_t LaunchMoeDispatch(const int32_t* ids, const MoeDispatchShape& shape,
   return cudaGetLastError();
 }
 
+namespace {
+
+__global__ void AppendExpertKernel(const int32_t* ids, const float* weights, int64_t n,
+                                   int32_t top_k, int32_t expert, float weight, int32_t* ids_out,
+                                   float* weights_out) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  const int64_t t = i / (top_k + 1);
+  const int32_t j = static_cast<int32_t>(i % (top_k + 1));
+  ids_out[i] = j < top_k ? ids[t * top_k + j] : expert;
+  weights_out[i] = j < top_k ? weights[t * top_k + j] : weight;
+}
+
+}  // namespace
+
+cudaError_t LaunchAppendExpert(const int32_t* ids, const float* weights, int64_t tokens,
+                               int32_t top_k, int32_t expert, float weight, int32_t* ids_out,
+                               float* weights_out, cudaStream_t stream) {
+  if (tokens < 0 || top_k < 1 || top_k >= kMoeMaxTopK || expert < 0 ||
+      expert >= kMoeMaxExperts || tokens * (top_k + 1) > kMoeMaxPairs) {
+    return cudaErrorInvalidValue;
+  }
+  if (tokens == 0) return cudaSuccess;
+  if (ids == nullptr || weights == nullptr || ids_out == nullptr || weights_out == nullptr) {
+    return cudaErrorInvalidValue;
+  }
+  const int64_t n = tokens * (top_k + 1);
+  constexpr int kBlock = 256;
+  AppendExpertKernel<<<static_cast<unsigned>((n + kBlock - 1) / kBlock), kBlock, 0, stream>>>(
+      ids, weights, n, top_k, expert, weight, ids_out, weights_out);
+  return cudaGetLastError();
+}
+
 }  // namespace dserve::kernels::cuda

@@ -67,4 +67,13 @@ MoeDispatchOutputs MoeDispatchViews(void* workspace, const MoeDispatchShape& sha
 cudaError_t LaunchMoeDispatch(const int32_t* ids, const MoeDispatchShape& shape, void* workspace,
                               size_t workspace_bytes, cudaStream_t stream);
 
+// A shared expert run with the routed ones as one more expert every token chooses:
+// ids_out [tokens, top_k + 1] is ids with `expert` appended to each row, weights_out
+// [tokens, top_k + 1] is weights with `weight` appended. cudaErrorInvalidValue (nothing
+// launched) for top_k outside [1, kMoeMaxTopK), an expert outside [0, kMoeMaxExperts) or null
+// pointers with tokens > 0; cudaSuccess without a launch for no tokens.
+cudaError_t LaunchAppendExpert(const int32_t* ids, const float* weights, int64_t tokens,
+                               int32_t top_k, int32_t expert, float weight, int32_t* ids_out,
+                               float* weights_out, cudaStream_t stream);
+
 }  // namespace dserve::kernels::cuda
