@@ -37,7 +37,9 @@ absl::Status RunLargestStep(models::DeepseekModel& model, const engine::EngineCo
   in.logit_rows = rows;
   in.mla_mode = config.mla_mode;
   models::ForwardOutput out;
-  DSERVE_RETURN_IF_ERROR(model.Forward(in, cache, &out));
+  // Scratch tokens: their routing is not the served load.
+  model.set_count_expert_load(false);
+  absl::Status s = model.Forward(in, cache, &out);
   if (model.has_mtp() && config.num_speculative_tokens > 0) {
     models::MtpInput m;
     m.next_tokens = tokens;
@@ -46,9 +48,10 @@ absl::Status RunLargestStep(models::DeepseekModel& model, const engine::EngineCo
     m.logit_rows = rows;
     m.mla_mode = config.mla_mode;
     std::vector<float> logits;
-    DSERVE_RETURN_IF_ERROR(model.ForwardMtp(m, cache, &logits));
+    if (s.ok()) s = model.ForwardMtp(m, cache, &logits);
   }
-  return absl::OkStatus();
+  model.set_count_expert_load(true);
+  return s;
 }
 #endif
 

@@ -80,8 +80,11 @@ absl::StatusOr<std::unique_ptr<EngineCore>> EngineCore::Create(models::DeepseekM
       new EngineCore(model, tokenizer, config, std::move(cache), pages));
   if (graphs) {
     models::StepGraphOptions o;
-    o.batch_sizes = models::DefaultGraphBatchSizes(
-        std::min(config.graph_max_batch, config.scheduler.max_num_seqs));
+    o.batch_sizes = !config.graph_batch_sizes.empty()
+                        ? config.graph_batch_sizes
+                        : models::DefaultGraphBatchSizes(
+                              std::min(config.graph_max_batch, config.scheduler.max_num_seqs));
+    o.max_rows_per_step = config.scheduler.max_batched_tokens;
     o.rows_per_sequence = {1};
     if (config.num_speculative_tokens > 0) {
       o.rows_per_sequence.push_back(1 + config.num_speculative_tokens);

@@ -48,6 +48,8 @@ struct EngineConfig {
   // graphs; models/step_graphs.h), in the buckets DefaultGraphBatchSizes gives; 0: every step
   // eager. Ignored on the CPU. The cache gets one page more, the graphs' scratch page.
   int64_t graph_max_batch = 0;
+  // Tests: exactly these buckets instead (graph_max_batch must still be > 0).
+  std::vector<int64_t> graph_batch_sizes;
   // Tests only: replaces the MTP head's draft for a sequence when it returns a token (the MTP
   // head still runs). Random-weight test models never draft right; this exercises the paths
   // that accept drafts.

@@ -64,6 +64,9 @@ struct StepGraphInput {
   std::span<const int32_t> logit_rows;
   const LatentCache* cache = nullptr;
   int num_heads = 0;  // the model's attention heads (the attention plan depends on them)
+  // Rows that are real (the rest pad the step to the graph's shape): only their routing
+  // counts towards the expert load. -1: every row.
+  int64_t live_rows = -1;
 };
 
 // A recorded step (a CUDA graph). Replay refills the graph's inputs from `in` and enqueues the
@@ -105,8 +108,9 @@ class Ops {
 
   // Step graphs (models/step_graphs.h): BeginStepGraph starts recording the ops called after it
   // for the shape of `in` (their work is recorded, not run), EndStepGraph returns the graph.
-  // Activations of a recording come from an arena of `arena_bytes` made at the first
-  // recording and shared by every graph. Backends without graphs return Unimplemented.
+  // Activations of a recording come from an arena of at least `arena_bytes` (plus what the
+  // backend's own padded plans need), shared by the graphs recorded into it and freed with the
+  // last of them. Backends without graphs return Unimplemented.
   virtual absl::Status BeginStepGraph(const StepGraphInput& in, int64_t arena_bytes) {
     (void)in;
     (void)arena_bytes;
@@ -122,6 +126,8 @@ class Ops {
 
   // New F32/I32 activation tensor on this backend's device.
   virtual Tensor Empty(DType dtype, std::vector<int64_t> shape) = 0;
+  // Every byte of t set to zero.
+  virtual void SetZero(Tensor& t) = 0;
   // out[i, :] = x[rows[i], :] (F32; rows in host memory).
   virtual void GatherRows(const Tensor& x, std::span<const int32_t> rows, Tensor& out) = 0;
   // Copies a tensor's bytes into host memory once the work producing it is done.
@@ -144,6 +150,11 @@ class Ops {
   virtual void SiluMul(const Tensor& gate, const Tensor& up, Tensor& out) = 0;
   // x += y.
   virtual void Add(Tensor& x, const Tensor& y) = 0;
+  // out[targets[i], :] += weights[i] * rows[i, :] for i ascending (targets and weights in
+  // host memory; a target may repeat: its adds happen in that order). Expert parallelism's
+  // combine, in the order the MoE op adds (expert by expert).
+  virtual void AddWeightedRows(const Tensor& rows, std::span<const int32_t> targets,
+                               std::span<const float> weights, Tensor& out) = 0;
   // out[T, A + B] = [a[T, A], b[T, B]].
   virtual void ConcatColumns(const Tensor& a, const Tensor& b, Tensor& out) = 0;
 

@@ -6,7 +6,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/check.h"
+#include "models/expert_parallel.h"
 #include "models/weight_placement.h"
+#include "models/weight_sharding.h"
 
 namespace dserve::models {
 
@@ -14,16 +16,19 @@ using kernels::AttentionBatch;
 using kernels::LatentCache;
 using kernels::MlaMode;
 
-absl::StatusOr<std::unique_ptr<DeepseekModel>> DeepseekModel::Load(const std::string& dir,
-                                                                   kernels::Ops& ops,
-                                                                   bool show_progress) {
+absl::StatusOr<std::unique_ptr<DeepseekModel>> DeepseekModel::Load(
+    const std::string& dir, kernels::Ops& ops, bool show_progress,
+    const ParallelConfig& parallel) {
   DSERVE_ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(dir));
+  DSERVE_RETURN_IF_ERROR(parallel.Validate(config));
   DSERVE_ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> checkpoint,
                           Checkpoint::Open(dir, show_progress));
   DSERVE_ASSIGN_OR_RETURN(ModelWeights weights, BindWeights(config, *checkpoint));
+  // Before placement: a rank uploads (and on the CPU touches) only what it holds.
+  ShardWeights(config, parallel, &weights);
   DSERVE_RETURN_IF_ERROR(PlaceWeights(ops, weights, show_progress));
-  return std::unique_ptr<DeepseekModel>(
-      new DeepseekModel(std::move(config), std::move(checkpoint), std::move(weights), ops));
+  return std::unique_ptr<DeepseekModel>(new DeepseekModel(
+      std::move(config), std::move(checkpoint), std::move(weights), ops, parallel));
 }
 
 namespace {
@@ -41,8 +46,10 @@ std::vector<int> MoeLayers(const ModelConfig& c, const ModelWeights& w) {
 }  // namespace
 
 DeepseekModel::DeepseekModel(ModelConfig config, std::unique_ptr<Checkpoint> checkpoint,
-                             ModelWeights weights, kernels::Ops& ops)
+                             ModelWeights weights, kernels::Ops& ops,
+                             const ParallelConfig& parallel)
     : config_(std::move(config)),
+      parallel_(parallel),
       checkpoint_(std::move(checkpoint)),
       weights_(std::move(weights)),
       ops_(ops),
@@ -128,7 +135,23 @@ absl::Status DeepseekModel::Validate(std::span<const int32_t> tokens, const Atte
   return absl::OkStatus();
 }
 
-Tensor DeepseekModel::Mlp(const MlpWeights& w, const Tensor& h) {
+void DeepseekModel::SumOverRanks(Tensor& t) {
+  if (parallel_.tp_size == 1) return;
+  // Collectives read finished inputs: a backend's queued work is done first (a no-op on the
+  // CPU; NCCL orders itself on the GPU's stream, where this wait is the price of the first
+  // version).
+  const absl::Status ready = ops_.TakeError();
+  absl::Status s = ready.ok() ? parallel_.comm->AllReduceSum(t.data<float>(), t.numel()) : ready;
+  if (collective_error_.ok() && !s.ok()) collective_error_ = std::move(s);
+}
+
+absl::Status DeepseekModel::TakeCollectiveError() {
+  absl::Status s = std::move(collective_error_);
+  collective_error_ = absl::OkStatus();
+  return s;
+}
+
+Tensor DeepseekModel::Mlp(const MlpWeights& w, const Tensor& h, bool reduce) {
   const int64_t T = h.dim(0);
   Tensor gate = ops_.Empty(DType::kF32, {T, w.gate.rows});
   Tensor up = ops_.Empty(DType::kF32, {T, w.up.rows});
@@ -137,6 +160,7 @@ Tensor DeepseekModel::Mlp(const MlpWeights& w, const Tensor& h) {
   ops_.SiluMul(gate, up, gate);
   Tensor out = ops_.Empty(DType::kF32, {T, w.down.rows});
   ops_.Linear(gate, w.down, out);
+  if (reduce) SumOverRanks(out);
   return out;
 }
 
@@ -151,7 +175,7 @@ Tensor DeepseekModel::Attention(const AttentionWeights& w, int cache_layer, cons
                                 const Tensor& h) {
   const ModelConfig& c = config_;
   const int64_t T = h.dim(0);
-  const int64_t H = c.num_attention_heads;
+  const int64_t H = local_heads();
   Tensor q = ops_.Empty(DType::kF32, {T, H * c.qk_head_dim()});
   if (c.q_lora_rank > 0) {
     Tensor qa = ops_.Empty(DType::kF32, {T, c.q_lora_rank});
@@ -183,6 +207,7 @@ Tensor DeepseekModel::Attention(const AttentionWeights& w, int cache_layer, cons
   ops_.MlaAttention(p, q, heads);
   Tensor out = ops_.Empty(DType::kF32, {T, c.hidden_size});
   ops_.Linear(heads, w.o, out);
+  SumOverRanks(out);  // with TP: this rank's heads' share of o_proj
   return out;
 }
 
@@ -207,9 +232,22 @@ void DeepseekModel::Block(const BlockWeights& w, int layer, int cache_layer, con
     RecordExpertLoad(layer, ids);
     ffn = ops_.Empty(DType::kF32, {T, c.hidden_size});
     const MlpWeights* shared = w.moe.shared ? &*w.moe.shared : nullptr;
-    if (!ops_.MoeExpertsWithShared(h, w.moe.experts, shared, ids, expert_weights, ffn) &&
-        shared) {
-      ops_.Add(ffn, Mlp(*shared, h));
+    if (parallel_.ep_size > 1) {
+      // Every rank ends with every token's routed sum; the shared expert (TP-summed inside
+      // Mlp when sharded) is added after it, as on one rank.
+      ExpertParallelInput ep{&h, &ids, &expert_weights, w.moe.experts, c.n_routed_experts};
+      const absl::Status ready = ops_.TakeError();
+      absl::Status s = ready.ok() ? ExpertParallelMoe(ops_, *parallel_.comm, ep, ffn) : ready;
+      if (collective_error_.ok() && !s.ok()) collective_error_ = std::move(s);
+      if (shared) ops_.Add(ffn, Mlp(*shared, h));
+    } else {
+      // Without EP but with TP every expert holds this rank's rows: routed and shared
+      // outputs are partial sums, added up over the ranks once.
+      if (!ops_.MoeExpertsWithShared(h, w.moe.experts, shared, ids, expert_weights, ffn) &&
+          shared) {
+        ops_.Add(ffn, Mlp(*shared, h, /*reduce=*/false));
+      }
+      SumOverRanks(ffn);
     }
   }
   ops_.Add(x, ffn);
@@ -221,7 +259,7 @@ void DeepseekModel::Block(const BlockWeights& w, int layer, int cache_layer, con
 
 void DeepseekModel::RecordExpertLoad(int layer, const Tensor& ids) {
   if (ids.device() == Device::kCpu) {
-    expert_load_.Record(layer, ids.data<int32_t>(), ids.numel());
+    if (count_expert_load_) expert_load_.Record(layer, ids.data<int32_t>(), ids.numel());
     return;
   }
   // A device backend counts on the device (no copy, no wait per layer); FlushExpertLoad
@@ -238,6 +276,7 @@ void DeepseekModel::RecordExpertLoad(int layer, const Tensor& ids) {
     device_counts_ = std::move(zeros);
     counts_seen_.assign(device_counts_.numel(), 0);
   }
+  if (!count_expert_load_) return;
   Tensor row = device_counts_.Rows(it - layers.begin(), 1);
   ops_.CountExperts(ids, row);
 }
@@ -281,7 +320,7 @@ void DeepseekModel::Logits(const Weight& head, const Tensor& x, std::span<const 
   ops_.CopyToHost(out, logits->data());
 }
 
-Tensor DeepseekModel::Trunk(const ForwardInput& in, LatentCache& cache) {
+void DeepseekModel::Trunk(const ForwardInput& in, LatentCache& cache, Tensor& hidden) {
   const ModelConfig& c = config_;
   const int64_t T = static_cast<int64_t>(in.tokens.size());
   Tensor x = ops_.Empty(DType::kF32, {T, c.hidden_size});
@@ -290,17 +329,18 @@ Tensor DeepseekModel::Trunk(const ForwardInput& in, LatentCache& cache) {
   for (int layer = 0; layer < c.num_hidden_layers; ++layer) {
     Block(weights_.layers[layer], layer, layer, step, x);
   }
-  Tensor hidden = ops_.Empty(DType::kF32, {T, c.hidden_size});
   ops_.RmsNorm(x, weights_.final_norm, static_cast<float>(c.rms_norm_eps), hidden);
-  return hidden;
 }
 
 absl::Status DeepseekModel::Forward(const ForwardInput& in, LatentCache& cache,
                                     ForwardOutput* out) {
   DSERVE_RETURN_IF_ERROR(ValidateForward(in, cache));
-  out->hidden = Trunk(in, cache);
+  out->hidden = ops_.Empty(DType::kF32, {static_cast<int64_t>(in.tokens.size()),
+                                         config_.hidden_size});
+  Trunk(in, cache, out->hidden);
   Logits(weights_.lm_head, out->hidden, in.logit_rows, &out->logits);
   FlushExpertLoad();
+  DSERVE_RETURN_IF_ERROR(TakeCollectiveError());
   return ops_.TakeError();
 }
 
@@ -308,20 +348,20 @@ absl::Status DeepseekModel::ValidateForward(const ForwardInput& in, const Latent
   return Validate(in.tokens, in.batch, in.logit_rows, cache, 0);
 }
 
-void DeepseekModel::ForwardOnDevice(const ForwardInput& in, LatentCache& cache, Tensor* logits,
-                                    Tensor* hidden) {
-  *hidden = Trunk(in, cache);
+void DeepseekModel::ForwardOnDevice(const ForwardInput& in, LatentCache& cache, Tensor& logits,
+                                    Tensor& hidden) {
+  Trunk(in, cache, hidden);
   const int64_t n = static_cast<int64_t>(in.logit_rows.size());
   Tensor picked = ops_.Empty(DType::kF32, {n, config_.hidden_size});
-  ops_.GatherRows(*hidden, in.logit_rows, picked);
-  *logits = ops_.Empty(DType::kF32, {n, config_.vocab_size});
-  ops_.Linear(picked, weights_.lm_head, *logits);
+  ops_.GatherRows(hidden, in.logit_rows, picked);
+  ops_.Linear(picked, weights_.lm_head, logits);
 }
 
 absl::Status DeepseekModel::FinishStep(const Tensor& logits, int64_t rows, ForwardOutput* out) {
   out->logits.resize(rows * config_.vocab_size);
   if (rows > 0) ops_.CopyToHost(logits.Rows(0, rows), out->logits.data());
   FlushExpertLoad();
+  DSERVE_RETURN_IF_ERROR(TakeCollectiveError());
   return ops_.TakeError();
 }
 
@@ -356,6 +396,7 @@ absl::Status DeepseekModel::ForwardMtp(const MtpInput& in, LatentCache& cache,
   Logits(m.head, x, in.logit_rows, logits);
   if (in.hidden_out) *in.hidden_out = std::move(x);
   FlushExpertLoad();
+  DSERVE_RETURN_IF_ERROR(TakeCollectiveError());
   return ops_.TakeError();
 }
 

@@ -14,6 +14,7 @@
 #include "models/checkpoint.h"
 #include "models/config.h"
 #include "models/expert_load.h"
+#include "models/parallel_config.h"
 #include "models/rope.h"
 #include "models/weights.h"
 
@@ -60,11 +61,16 @@ struct MtpInput {
 class DeepseekModel {
  public:
   // Reads config.json and maps the checkpoint; weights stay in their stored dtype.
-  static absl::StatusOr<std::unique_ptr<DeepseekModel>> Load(const std::string& dir,
-                                                             kernels::Ops& ops,
-                                                             bool show_progress = true);
+  // With `parallel`, this rank's part only (weight_sharding.h); every rank of the group loads
+  // its own and then runs the same calls (Forward, ForwardMtp) together.
+  static absl::StatusOr<std::unique_ptr<DeepseekModel>> Load(
+      const std::string& dir, kernels::Ops& ops, bool show_progress = true,
+      const ParallelConfig& parallel = {});
 
   const ModelConfig& config() const { return config_; }
+  const ParallelConfig& parallel() const { return parallel_; }
+  // Attention heads this rank computes (all of them without tensor parallelism).
+  int local_heads() const { return config_.num_attention_heads / parallel_.tp_size; }
   // The backend the model runs on (its tensors, caches and weights live on ops().device()).
   kernels::Ops& ops() const { return ops_; }
   const ModelWeights& weights() const { return weights_; }
@@ -72,6 +78,13 @@ class DeepseekModel {
   bool has_mtp() const { return weights_.mtp.has_value(); }
   // Tokens routed to each expert so far (metrics); safe to read from any thread.
   const ExpertLoad& expert_load() const { return expert_load_; }
+  // Off: steps still route (and make their counters) but add nothing to expert_load() —
+  // start-up's warm-up and probe steps on scratch tokens.
+  void set_count_expert_load(bool on) { count_expert_load_ = on; }
+  // Whether the device counters of the expert load exist (made by the first MoE step).
+  bool expert_counters_ready() const {
+    return ops_.device() == Device::kCpu || !device_counts_.empty();
+  }
   // Cache layer of the MTP module (after the main layers).
   int mtp_cache_layer() const { return config_.num_hidden_layers; }
   // A cache with room for every layer, the MTP layer included.
@@ -82,9 +95,11 @@ class DeepseekModel {
   // Forward in two halves, for step graphs (step_graphs.h): the device work from the
   // embedding to the logits of in.logit_rows, nothing copied to the host and nothing waited
   // for (what a graph records; `in` must have passed ValidateForward) ...
+  // The outputs go into the caller's tensors: logits [logit_rows, vocab], hidden [T, hidden]
+  // (a graph records their addresses; they outlive the recording).
   absl::Status ValidateForward(const ForwardInput& in, const kernels::LatentCache& cache);
-  void ForwardOnDevice(const ForwardInput& in, kernels::LatentCache& cache, Tensor* logits,
-                       Tensor* hidden);
+  void ForwardOnDevice(const ForwardInput& in, kernels::LatentCache& cache, Tensor& logits,
+                       Tensor& hidden);
   // ... and after it (or a graph's replay): the first `rows` rows of the logits to the host,
   // the step's expert load, the backend's error.
   absl::Status FinishStep(const Tensor& logits, int64_t rows, ForwardOutput* out);
@@ -99,7 +114,7 @@ class DeepseekModel {
 
  private:
   DeepseekModel(ModelConfig config, std::unique_ptr<Checkpoint> checkpoint, ModelWeights weights,
-                kernels::Ops& ops);
+                kernels::Ops& ops, const ParallelConfig& parallel);
 
   absl::Status Validate(std::span<const int32_t> tokens, const kernels::AttentionBatch& batch,
                         std::span<const int32_t> logit_rows, const kernels::LatentCache& cache,
@@ -114,12 +129,17 @@ class DeepseekModel {
   };
   Step MakeStep(const kernels::AttentionBatch& batch, kernels::MlaMode mode,
                 kernels::LatentCache& cache, const TraceFn& trace);
-  // Embedding, every layer and the final norm: the hidden states [T, hidden].
-  Tensor Trunk(const ForwardInput& in, kernels::LatentCache& cache);
+  // Embedding, every layer and the final norm into hidden [T, hidden].
+  void Trunk(const ForwardInput& in, kernels::LatentCache& cache, Tensor& hidden);
   // x [T, hidden] goes through one decoder block in place.
   void Block(const BlockWeights& w, int layer, int cache_layer, const Step& step, Tensor& x);
   Tensor Attention(const AttentionWeights& w, int cache_layer, const Step& step, const Tensor& h);
-  Tensor Mlp(const MlpWeights& w, const Tensor& h);
+  // With tensor parallelism the output is this rank's partial sum unless `reduce`.
+  Tensor Mlp(const MlpWeights& w, const Tensor& h, bool reduce = true);
+  // Tensor parallelism's sum of partial outputs over the ranks (a no-op without it).
+  void SumOverRanks(Tensor& t);
+  // The first collective's error of this step (returned by the step).
+  absl::Status TakeCollectiveError();
   // Counts a MoE layer's routed tokens for the metrics (ids may be device memory: then
   // counted there, and added to expert_load_ by FlushExpertLoad at the end of the step).
   void RecordExpertLoad(int layer, const Tensor& ids);
@@ -129,11 +149,14 @@ class DeepseekModel {
               std::vector<float>* logits);
 
   ModelConfig config_;
+  ParallelConfig parallel_;
+  absl::Status collective_error_;
   std::unique_ptr<Checkpoint> checkpoint_;
   ModelWeights weights_;
   kernels::Ops& ops_;
   RopeCache rope_;
   ExpertLoad expert_load_;
+  bool count_expert_load_ = true;
   // Device backends: per MoE layer and expert, tokens routed so far (I32, wrapping), and the
   // values FlushExpertLoad last read.
   Tensor device_counts_;

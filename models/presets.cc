@@ -73,6 +73,16 @@ Json TinyV3Config(bool fp8) {
   return c;
 }
 
+// tiny-v3 with V3's grouping of many experts: 64 in 8 groups (best 4), 6 per token.
+Json TinyV3ManyExpertsConfig() {
+  Json c = TinyV3Config(true);
+  c["n_routed_experts"] = 64;
+  c["n_group"] = 8;
+  c["topk_group"] = 4;
+  c["num_experts_per_tok"] = 6;
+  return c;
+}
+
 // Big enough that every projection takes the FP8 tensor-core GEMM on a GPU (each input width a
 // multiple of 512) and the MoE layer has V3's 8 groups: the GPU tests' larger model.
 Json SmallV3Config() {
@@ -186,6 +196,10 @@ const std::vector<Preset>& AllPresets() {
        TinyV3Config(true)},
       {"tiny-v3-bf16", "tiny-v3 with every weight in BF16 (no quantization_config)",
        TinyV3Config(false)},
+      {"tiny-v3-e64",
+       "tiny-v3 with 64 routed experts in 8 groups (best 4), 6 per token: expert-parallel "
+       "tests at 2, 4 and 8 ranks",
+       TinyV3ManyExpertsConfig()},
       {"small-v3",
        "DeepSeek-V3 layout with V3's attention dimensions (16 heads), hidden 2048, 2 layers (1 "
        "dense), 64 experts of 512 (6 per token, 8 groups / top 4) + 1 shared, FP8, one MTP "

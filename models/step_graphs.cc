@@ -57,30 +57,53 @@ absl::StatusOr<std::unique_ptr<StepGraphs>> StepGraphs::Capture(DeepseekModel& m
   if (o.rows_per_sequence.back() > s.page_size) {
     return absl::InvalidArgumentError("a padding sequence's rows must fit the scratch page");
   }
+  if (model.parallel().parallel()) {
+    return absl::UnimplementedError("step graphs are not recorded for EP/TP models yet");
+  }
+  // Every (batch, rows) shape a step can have, most rows first: the first recording sizes
+  // the arena the others share.
+  std::vector<std::pair<int64_t, int64_t>> shapes;
+  for (int64_t rows : o.rows_per_sequence) {
+    for (int64_t b : o.batch_sizes) {
+      if (o.max_rows_per_step <= 0 || b * rows <= o.max_rows_per_step) shapes.push_back({b, rows});
+    }
+  }
+  if (shapes.empty()) {
+    return absl::InvalidArgumentError("no step graph shape fits the step's row limit");
+  }
+  std::stable_sort(shapes.begin(), shapes.end(), [](const auto& a, const auto& b) {
+    return a.first * a.second > b.first * b.second;
+  });
   std::unique_ptr<StepGraphs> graphs(new StepGraphs(model, cache, o));
   kernels::Ops& ops = model.ops();
 
-  // The eager step of the largest shape.
+  // The eager step of the largest shape, not counted as expert load.
   ops.ResetActivationPeak();
   {
-    const ForwardInput in =
-        graphs->MakeScratchStep(o.batch_sizes.back(), o.rows_per_sequence.back(), true);
+    const ForwardInput in = graphs->MakeScratchStep(shapes[0].first, shapes[0].second, true);
     ForwardOutput out;
-    DSERVE_RETURN_IF_ERROR(model.Forward(in, cache, &out));
+    model.set_count_expert_load(false);
+    const absl::Status s = model.Forward(in, cache, &out);
+    model.set_count_expert_load(true);
+    DSERVE_RETURN_IF_ERROR(s);
+  }
+  if (!model.expert_counters_ready() && model.config().n_routed_experts > 0) {
+    return absl::FailedPreconditionError(
+        "the expert-load counters could not be placed on the device");
   }
   // Room for fragmentation: first fit over the same allocations is not the pool's placement.
   const int64_t arena = ops.ActivationPeakBytes() / 4 * 5 + (64 << 20);
+  const int64_t most = shapes[0].first * shapes[0].second;
+  graphs->logits_ = ops.Empty(DType::kF32, {most, model.config().vocab_size});
+  graphs->hidden_ = ops.Empty(DType::kF32, {most, model.config().hidden_size});
+  DSERVE_RETURN_IF_ERROR(ops.TakeError());
 
-  const int64_t total =
-      static_cast<int64_t>(o.batch_sizes.size() * o.rows_per_sequence.size());
   int64_t done = 0;
-  for (int64_t rows : o.rows_per_sequence) {
-    for (auto b = o.batch_sizes.rbegin(); b != o.batch_sizes.rend(); ++b) {
-      DSERVE_RETURN_IF_ERROR(graphs->Record(*b, rows, arena));
-      if (o.show_progress) {
-        std::fprintf(stderr, "\rrecording step graphs: %lld/%lld", static_cast<long long>(++done),
-                     static_cast<long long>(total));
-      }
+  for (const auto& [batch, rows] : shapes) {
+    DSERVE_RETURN_IF_ERROR(graphs->Record(batch, rows, arena));
+    if (o.show_progress) {
+      std::fprintf(stderr, "\rrecording step graphs: %lld/%lld", static_cast<long long>(++done),
+                   static_cast<long long>(shapes.size()));
     }
   }
   if (o.show_progress) std::fprintf(stderr, "\n");
@@ -94,12 +117,13 @@ absl::Status StepGraphs::Record(int64_t batch, int64_t rows, int64_t arena_bytes
   const ForwardInput in = MakeScratchStep(batch, rows, false);
   DSERVE_RETURN_IF_ERROR(model_.ValidateForward(in, cache_));
   kernels::StepGraphInput si{in.tokens, &in.batch, in.logit_rows, &cache_,
-                             model_.config().num_attention_heads};
+                             model_.local_heads()};
   DSERVE_RETURN_IF_ERROR(model_.ops().BeginStepGraph(si, arena_bytes));
   Graph g;
   g.batch = batch;
   g.rows = rows;
-  model_.ForwardOnDevice(in, cache_, &g.logits, &g.hidden);
+  Tensor logits = logits_.Rows(0, batch * rows), hidden = hidden_.Rows(0, batch * rows);
+  model_.ForwardOnDevice(in, cache_, logits, hidden);
   absl::StatusOr<std::unique_ptr<kernels::StepGraph>> graph = model_.ops().EndStepGraph();
   if (!graph.ok()) {
     return absl::Status(graph.status().code(),
@@ -193,10 +217,10 @@ absl::Status StepGraphs::Run(const ForwardInput& in, ForwardOutput* out) {
   const ForwardInput padded = Pad(in, g.batch);
   DSERVE_RETURN_IF_ERROR(model_.ValidateForward(padded, cache_));
   kernels::StepGraphInput si{padded.tokens, &padded.batch, padded.logit_rows, &cache_,
-                             model_.config().num_attention_heads};
+                             model_.local_heads(), n * rows};
   DSERVE_RETURN_IF_ERROR(g.graph->Replay(si));
-  out->hidden = g.hidden.Rows(0, n * rows);
-  return model_.FinishStep(g.logits, n * rows, out);
+  out->hidden = hidden_.Rows(0, n * rows);
+  return model_.FinishStep(logits_, n * rows, out);
 }
 
 }  // namespace dserve::models

@@ -24,6 +24,9 @@ struct StepGraphOptions {
   int64_t max_context = 0;
   // A cache page no sequence uses: padding sequences write their latents there.
   int32_t scratch_page = -1;
+  // Graphs of more rows (batch x rows per sequence) than a step can hold are not recorded
+  // (the scheduler's token budget); 0: no limit.
+  int64_t max_rows_per_step = 0;
   bool show_progress = true;
 };
 
@@ -33,9 +36,14 @@ std::vector<int64_t> DefaultGraphBatchSizes(int64_t max_batch);
 class StepGraphs {
  public:
   // Runs one eager step of the largest shape (the ops make what they make once: expert tables,
-  // counters, the RoPE table; it also measures the activations a recording needs), then
-  // records every graph, largest first. Fails with the backend's reason (Unimplemented on the
-  // CPU). `cache` must outlive the graphs, as must the model's backend.
+  // counters, the RoPE table; it also measures the activations a recording needs; its routing
+  // is not counted as expert load), then records every graph, most rows first. Fails with the
+  // backend's reason (Unimplemented on the CPU and for EP/TP models). `cache` must outlive the
+  // graphs, as must the model's backend.
+  //
+  // A replay computes what the eager step of the padded batch computes, bit for bit; for a
+  // batch that is not a bucket size that can differ in rounding from the unpadded eager step
+  // (the attention's key split and the GEMMs' tiling follow the batch).
   static absl::StatusOr<std::unique_ptr<StepGraphs>> Capture(DeepseekModel& model,
                                                              kernels::LatentCache& cache,
                                                              const StepGraphOptions& options);
@@ -54,7 +62,6 @@ class StepGraphs {
   struct Graph {
     int64_t batch = 0, rows = 0;
     std::unique_ptr<kernels::StepGraph> graph;
-    Tensor logits, hidden;  // where the recorded step leaves them
   };
   StepGraphs(DeepseekModel& model, kernels::LatentCache& cache, const StepGraphOptions& options);
   // The smallest graph for `n` sequences of `rows` rows each, or null.
@@ -72,6 +79,9 @@ class StepGraphs {
   StepGraphOptions options_;
   int64_t max_pages_ = 0;
   std::vector<Graph> graphs_;  // by rows, then batch, ascending
+  // Where every graph leaves its outputs (prefixes of these): made before the first
+  // recording, outside the graphs' arena. Valid until the next replay.
+  Tensor logits_, hidden_;
   // A step's inputs, reused.
   std::vector<int32_t> tokens_, positions_, logit_rows_, scratch_table_;
   kernels::AttentionBatch batch_;

@@ -159,6 +159,20 @@ void CpuOps::Add(Tensor& x, const Tensor& y) {
   for (int64_t i = 0; i < n; ++i) a[i] += b[i];
 }
 
+void CpuOps::AddWeightedRows(const Tensor& rows, std::span<const int32_t> targets,
+                             std::span<const float> weights, Tensor& out) {
+  const int64_t n = static_cast<int64_t>(targets.size()), width = out.dim(1);
+  CheckF32Matrix(rows, n, width, "rows to add");
+  DSERVE_CHECK(weights.size() == targets.size()) << "a weight per row";
+  for (int64_t i = 0; i < n; ++i) {
+    DSERVE_CHECK(targets[i] >= 0 && targets[i] < out.dim(0))
+        << "target row " << targets[i] << " of " << out.dim(0);
+    // The MoE op's own add (cpu_moe.cc), so the combine's bits match it.
+    prims_.axpy(weights[i], rows.data<float>() + i * width, out.data<float>() + targets[i] * width,
+                width);
+  }
+}
+
 void CpuOps::ConcatColumns(const Tensor& a, const Tensor& b, Tensor& out) {
   const int64_t T = a.dim(0), A = a.dim(1), B = b.dim(1);
   CheckF32Matrix(out, T, A + B, "concat output");
@@ -166,6 +180,10 @@ void CpuOps::ConcatColumns(const Tensor& a, const Tensor& b, Tensor& out) {
     std::memcpy(out.data<float>() + t * (A + B), a.data<float>() + t * A, A * sizeof(float));
     std::memcpy(out.data<float>() + t * (A + B) + A, b.data<float>() + t * B, B * sizeof(float));
   }
+}
+
+void CpuOps::SetZero(Tensor& t) {
+  if (t.bytes() > 0) std::memset(t.raw(), 0, t.bytes());
 }
 
 void CpuOps::GatherRows(const Tensor& x, std::span<const int32_t> rows, Tensor& out) {

@@ -31,7 +31,10 @@ class CpuOps final : public Ops {
   void PrepareWeight(Weight& w) override;
   void SiluMul(const Tensor& gate, const Tensor& up, Tensor& out) override;
   void Add(Tensor& x, const Tensor& y) override;
+  void AddWeightedRows(const Tensor& rows, std::span<const int32_t> targets,
+                       std::span<const float> weights, Tensor& out) override;
   void ConcatColumns(const Tensor& a, const Tensor& b, Tensor& out) override;
+  void SetZero(Tensor& t) override;
   void GatherRows(const Tensor& x, std::span<const int32_t> rows, Tensor& out) override;
   void CopyToHost(const Tensor& src, void* dst) override;
 

@@ -61,6 +61,7 @@ absl::Status CudaOps::BuildStepInputs(const StepGraphInput& in, StepInputImage* 
   im->ids.assign(in.tokens.begin(), in.tokens.end());
   im->logit_rows.assign(in.logit_rows.begin(), in.logit_rows.end());
   im->positions.assign(in.batch->positions.begin(), in.batch->positions.end());
+  im->live_rows = {static_cast<int32_t>(in.live_rows < 0 ? T : std::min(in.live_rows, T))};
   CacheSlotOffsets(*in.batch, *in.cache, T, &im->offsets);
   MlaRowsAndTables(*in.batch, in.cache->shape(), T, &im->rows, &im->tables);
   for (MlaDecodePlan& plan : im->plans) plan = MlaDecodePlan();
@@ -81,14 +82,23 @@ absl::Status CudaOps::BeginStepGraph(const StepGraphInput& in, int64_t arena_byt
   // Eager work finishes (and reports its errors) before the recording starts.
   DSERVE_RETURN_IF_ERROR(TakeError());
   DSERVE_CUDA_RETURN_IF_ERROR(cudaSetDevice(options_.device));
-  if (!arena_) {
-    auto arena = std::make_shared<GraphArena>(std::max<int64_t>(arena_bytes, 1 << 20));
-    DSERVE_ASSIGN_OR_RETURN(arena->memory, DeviceTensor(DType::kU8, {arena->alloc.capacity()}));
-    arena_ = std::move(arena);
-  }
   auto graph = std::make_unique<CudaStepGraph>(*this);
   StepInputImage im;
   DSERVE_RETURN_IF_ERROR(BuildStepInputs(in, &im));
+  // The caller's estimate (an eager step's activations) plus the split workspace of the padded
+  // attention plans, larger than an eager step's. Graphs recorded largest first share one.
+  int64_t need = std::max<int64_t>(arena_bytes, 1 << 20);
+  for (const MlaDecodePlan& plan : im.plans) {
+    need += static_cast<int64_t>(
+        MlaDecodeWorkspaceBytes(plan.schedule, in.cache->shape().kv_lora_rank));
+  }
+  std::shared_ptr<GraphArena> arena = arena_.lock();
+  if (!arena || arena->alloc.capacity() < need) {
+    arena = std::make_shared<GraphArena>(need);
+    DSERVE_ASSIGN_OR_RETURN(arena->memory, DeviceTensor(DType::kU8, {arena->alloc.capacity()}));
+    arena_ = arena;
+  }
+  graph->arena_ = arena;
   // One buffer, 16-byte aligned regions; the block tables last, so a replay copies only the
   // entries it has.
   size_t end = 0;
@@ -102,6 +112,7 @@ absl::Status CudaOps::BeginStepGraph(const StepGraphInput& in, int64_t arena_byt
   place(graph->positions_, im.positions.size() * 4);
   place(graph->offsets_, im.offsets.size() * 8);
   place(graph->rows_, im.rows.size() * 4);
+  place(graph->live_rows_, im.live_rows.size() * 4);
   for (int g = 0; g < 2; ++g) place(graph->plans_[g], im.plans[g].data_bytes());
   place(graph->tables_, im.tables.size() * 4);
   graph->input_bytes_ = std::max<size_t>(end, 16);
@@ -113,6 +124,7 @@ absl::Status CudaOps::BeginStepGraph(const StepGraphInput& in, int64_t arena_byt
   Put(graph->pinned_, graph->positions_, im.positions);
   Put(graph->pinned_, graph->offsets_, im.offsets);
   Put(graph->pinned_, graph->rows_, im.rows);
+  Put(graph->pinned_, graph->live_rows_, im.live_rows);
   for (int g = 0; g < 2; ++g) Put(graph->pinned_, graph->plans_[g], im.plans[g].data);
   Put(graph->pinned_, graph->tables_, im.tables);
   DSERVE_ASSIGN_OR_RETURN(graph->device_inputs_,
@@ -132,6 +144,7 @@ absl::Status CudaOps::BeginStepGraph(const StepGraphInput& in, int64_t arena_byt
                     {&positions_, graph->positions_},
                     {&offsets_, graph->offsets_},
                     {&mla_rows_, graph->rows_},
+                    {&live_rows_, graph->live_rows_},
                     {&mla_tables_, graph->tables_},
                     {&decode_plans_[0].data, graph->plans_[0]},
                     {&decode_plans_[1].data, graph->plans_[1]}};
@@ -142,6 +155,7 @@ absl::Status CudaOps::BeginStepGraph(const StepGraphInput& in, int64_t arena_byt
   // Relaxed: the recorded ops may make calls that are legal outside a graph (a kernel's
   // shared-memory attribute); anything that would wait on the GPU still fails the recording.
   DSERVE_CUDA_RETURN_IF_ERROR(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeRelaxed));
+  recording_arena_ = std::move(arena);
   recording_ = std::move(graph);
   capturing_ = true;
   return absl::OkStatus();
@@ -155,6 +169,7 @@ absl::StatusOr<std::unique_ptr<StepGraph>> CudaOps::EndStepGraph() {
   input_regions_.clear();
   recorded_image_.clear();
   recording_inputs_ = nullptr;
+  recording_arena_.reset();  // the graph holds it; a failed recording's goes with its tensors
   std::unique_ptr<CudaStepGraph> graph = std::move(recording_);
   for (DecodePlan& plan : decode_plans_) plan.seqs.clear();  // the padded plans were the graph's
   absl::Status status = std::move(error_);
@@ -169,8 +184,6 @@ absl::StatusOr<std::unique_ptr<StepGraph>> CudaOps::EndStepGraph() {
   if (recorded) (void)cudaGraphDestroy(recorded);
   if (!status.ok()) {
     (void)cudaGetLastError();
-    // Nothing recorded keeps the arena (its memory goes once the failed recording's tensors do).
-    if (!graphs_made_) arena_.reset();
     return absl::Status(status.code(),
                         absl::StrCat("recording a step graph: ", status.message()));
   }
@@ -223,6 +236,7 @@ absl::Status CudaOps::ReplayStepGraph(CudaStepGraph& graph, const StepGraphInput
   Put(graph.pinned_, graph.positions_, im.positions);
   Put(graph.pinned_, graph.offsets_, im.offsets);
   Put(graph.pinned_, graph.rows_, im.rows);
+  Put(graph.pinned_, graph.live_rows_, im.live_rows);
   for (int g = 0; g < 2; ++g) Put(graph.pinned_, graph.plans_[g], im.plans[g].data);
   Put(graph.pinned_, graph.tables_, im.tables);
   const size_t used = graph.tables_.offset + im.tables.size() * 4;
@@ -254,21 +268,22 @@ const void* CudaOps::StageForGraph(Staged& slot, const void* bytes, size_t size)
 
 Tensor CudaOps::ArenaEmpty(DType dtype, std::vector<int64_t> shape, size_t bytes) {
   std::optional<int64_t> offset;
+  GraphArena& pool = *recording_arena_;
   if (Begin()) {
-    std::lock_guard<std::mutex> lock(arena_->mu);
-    offset = arena_->alloc.Allocate(static_cast<int64_t>(bytes));
+    std::lock_guard<std::mutex> lock(pool.mu);
+    offset = pool.alloc.Allocate(static_cast<int64_t>(bytes));
     if (!offset) {
       Record(absl::ResourceExhaustedError(absl::StrCat(
-          "the step graphs' arena of ", arena_->alloc.capacity(), " bytes has no room for a ",
-          bytes, "-byte activation (", arena_->alloc.used_bytes(), " in use)")));
+          "the step graphs' arena of ", pool.alloc.capacity(), " bytes has no room for a ",
+          bytes, "-byte activation (", pool.alloc.used_bytes(), " in use)")));
     }
   }
   if (!offset) return Tensor(std::make_shared<Buffer>(nullptr, bytes, Device::kCuda, nullptr),
                              dtype, std::move(shape));
-  void* p = static_cast<uint8_t*>(arena_->memory.raw()) + *offset;
+  void* p = static_cast<uint8_t*>(pool.memory.raw()) + *offset;
   // Back to the arena's bookkeeping only: the memory stays the arena's, and the graph that
   // used it keeps the address.
-  Buffer::Deleter free = [arena = arena_, off = *offset](void*) {
+  Buffer::Deleter free = [arena = recording_arena_, off = *offset](void*) {
     std::lock_guard<std::mutex> lock(arena->mu);
     arena->alloc.Free(off);
   };

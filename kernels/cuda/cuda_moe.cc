@@ -50,9 +50,17 @@ void CudaOps::CountExperts(const Tensor& ids, Tensor& counts) {
   DSERVE_CHECK(ids.dtype() == DType::kI32 && counts.dtype() == DType::kI32 &&
                ids.device() == Device::kCuda && counts.device() == Device::kCuda)
       << "I32 ids and counts on cuda";
+  // A recorded step counts only its live rows (a replay's padding rows route too).
+  const int32_t* live = nullptr;
+  const int per_row = ids.rank() == 2 ? static_cast<int>(ids.dim(1)) : 1;
+  if (capturing_) {
+    const int32_t rows = static_cast<int32_t>(ids.numel() / per_row);
+    live = static_cast<const int32_t*>(Stage(live_rows_, &rows, sizeof(rows)));
+    if (Failed()) return;
+  }
   RecordLaunch(LaunchCountExperts(ids.data<int32_t>(), ids.numel(),
-                                  static_cast<int>(counts.numel()), counts.data<uint32_t>(),
-                                  stream_),
+                                  static_cast<int>(counts.numel()), counts.data<uint32_t>(), live,
+                                  per_row, stream_),
                "CountExperts");
 }
 
@@ -88,6 +96,12 @@ const MoeExpertWeights* CudaOps::GroupedExperts(std::span<const MlpWeights> expe
   if (cached.host.size() == table.size() && cached.eligible == ok &&
       std::memcmp(cached.host.data(), table.data(), table.size() * sizeof(table[0])) == 0) {
     return cached.device.empty() ? nullptr : cached.device.data<MoeExpertWeights>();
+  }
+  if (capturing_) {  // uploading a table would wait on the GPU inside the recording
+    Record(absl::FailedPreconditionError(
+        "a step graph cannot record a MoE layer whose expert table is not built yet (run an "
+        "eager step first)"));
+    return nullptr;
   }
   cached = ExpertTable();
   if (!ok) {

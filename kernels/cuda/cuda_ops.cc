@@ -283,6 +283,11 @@ void CudaOps::StageRope(const RopeTable& rope) {
   rope_last_ = std::move(last);
 }
 
+void CudaOps::SetZero(Tensor& t) {
+  if (!Begin() || t.bytes() == 0) return;
+  RecordLaunch(cudaMemsetAsync(t.raw(), 0, t.bytes(), stream_), "cudaMemsetAsync");
+}
+
 void CudaOps::GatherRows(const Tensor& x, std::span<const int32_t> rows, Tensor& out) {
   if (!Begin()) return;
   const int64_t n = static_cast<int64_t>(rows.size()), width = x.dim(1);
@@ -370,6 +375,37 @@ void CudaOps::Add(Tensor& x, const Tensor& y) {
                x.device() == Device::kCuda && y.device() == Device::kCuda)
       << "Add: " << x.ShapeString() << " + " << y.ShapeString();
   RecordLaunch(LaunchAdd(x.data<float>(), y.data<float>(), x.numel(), stream_), "Add");
+}
+
+void CudaOps::AddWeightedRows(const Tensor& rows, std::span<const int32_t> targets,
+                              std::span<const float> weights, Tensor& out) {
+  if (!Begin()) return;
+  const int64_t n = static_cast<int64_t>(targets.size()), width = out.dim(1);
+  CheckF32(rows, n, width, "rows to add");
+  CheckF32(out, out.dim(0), width, "rows added to");
+  DSERVE_CHECK(weights.size() == targets.size()) << "a weight per row";
+  for (int32_t t : targets) DSERVE_CHECK(t >= 0 && t < out.dim(0)) << "target row " << t;
+  if (n == 0) return;
+  const auto* d_targets = static_cast<const int32_t*>(Stage(add_rows_, targets.data(), n * 4));
+  const auto* d_weights = static_cast<const float*>(Stage(add_weights_, weights.data(), n * 4));
+  if (Failed()) return;
+  // The kernel adds without atomics, so each launch takes a run of distinct targets; runs go
+  // in order on the stream, keeping the adds in order.
+  std::vector<uint8_t> seen(static_cast<size_t>(out.dim(0)), 0);
+  int64_t begin = 0;
+  for (int64_t i = 0; i <= n && !Failed(); ++i) {
+    if (i < n && !seen[targets[i]]) {
+      seen[targets[i]] = 1;
+      continue;
+    }
+    RecordLaunch(LaunchScatterAddScaled(rows.data<float>() + begin * width, width,
+                                        d_targets + begin, d_weights + begin, i - begin,
+                                        out.data<float>(), stream_),
+                 "AddWeightedRows");
+    for (int64_t j = begin; j < i; ++j) seen[targets[j]] = 0;
+    begin = i;
+    if (i < n) seen[targets[i]] = 1;
+  }
 }
 
 void CudaOps::ConcatColumns(const Tensor& a, const Tensor& b, Tensor& out) {

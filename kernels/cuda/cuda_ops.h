@@ -74,6 +74,7 @@ class CudaOps final : public Ops {
   void CopyCachePage(LatentCache& cache, int32_t src, int32_t dst) override;
 
   Tensor Empty(DType dtype, std::vector<int64_t> shape) override;
+  void SetZero(Tensor& t) override;
   void GatherRows(const Tensor& x, std::span<const int32_t> rows, Tensor& out) override;
   void CopyToHost(const Tensor& src, void* dst) override;
   void Embedding(const Weight& table, std::span<const int32_t> ids, Tensor& out) override;
@@ -83,6 +84,8 @@ class CudaOps final : public Ops {
   void Linear(const Tensor& x, const Weight& w, Tensor& out) override;
   void SiluMul(const Tensor& gate, const Tensor& up, Tensor& out) override;
   void Add(Tensor& x, const Tensor& y) override;
+  void AddWeightedRows(const Tensor& rows, std::span<const int32_t> targets,
+                       std::span<const float> weights, Tensor& out) override;
   void ConcatColumns(const Tensor& a, const Tensor& b, Tensor& out) override;
 
   void MlaWriteCache(const Tensor& kv_a, const Tensor& kv_norm, float eps, const RopeTable& rope,
@@ -94,8 +97,9 @@ class CudaOps final : public Ops {
   void CountExperts(const Tensor& ids, Tensor& counts) override;
   void MoeExperts(const Tensor& x, std::span<const MlpWeights> experts, const Tensor& ids,
                   const Tensor& weights, Tensor& out) override;
-  // With the grouped kernels, the shared expert is one more expert of every token (its
-  // weight 1, summed last, as the model adds it).
+  // With the grouped kernels, the shared expert is one more expert of every token (weight 1,
+  // added last: the order of the model's separate add, but in the grouped kernels' arithmetic,
+  // BF16 activations, rather than the FP8-quantised cuBLASLt GEMMs it runs in apart).
   bool MoeExpertsWithShared(const Tensor& x, std::span<const MlpWeights> experts,
                             const MlpWeights* shared, const Tensor& ids, const Tensor& weights,
                             Tensor& out) override;
@@ -129,7 +133,7 @@ class CudaOps final : public Ops {
   Tensor ArenaEmpty(DType dtype, std::vector<int64_t> shape, size_t bytes);
   // Everything a step graph stages, built on the host from its input (step_metadata.h).
   struct StepInputImage {
-    std::vector<int32_t> ids, logit_rows, positions, rows, tables;
+    std::vector<int32_t> ids, logit_rows, positions, rows, tables, live_rows;
     std::vector<int64_t> offsets;
     MlaDecodePlan plans[2];
   };
@@ -164,7 +168,8 @@ class CudaOps final : public Ops {
   absl::Status error_;
   Staged ids_{"token ids"}, rows_{"gathered rows"}, positions_{"positions"},
       offsets_{"cache slots"}, mla_rows_{"MLA rows"}, mla_tables_{"block tables"},
-      moe_rows_{"per-expert token rows"}, moe_scales_{"per-expert routing weights"};
+      moe_rows_{"per-expert token rows"}, moe_scales_{"per-expert routing weights"},
+      add_rows_{"rows' targets"}, add_weights_{"rows' weights"}, live_rows_{"live rows"};
   // The RoPE table last uploaded: its host addresses, size and last position's values.
   const float* rope_host_ = nullptr;
   const float* rope_host_sin_ = nullptr;
@@ -204,7 +209,9 @@ class CudaOps final : public Ops {
     Tensor memory;
     explicit GraphArena(int64_t bytes) : alloc(bytes) {}
   };
-  std::shared_ptr<GraphArena> arena_;
+  // The arena the last recording used (kept alive by its graphs), and the recording's own.
+  std::weak_ptr<GraphArena> arena_;
+  std::shared_ptr<GraphArena> recording_arena_;
   bool capturing_ = false;
   bool graphs_made_ = false;
   std::unique_ptr<CudaStepGraph> recording_;

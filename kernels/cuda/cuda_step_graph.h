@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include <cuda_runtime_api.h>
@@ -30,7 +31,9 @@ class CudaStepGraph final : public StepGraph {
   uint8_t* pinned_ = nullptr;           // host image of the inputs (cudaMallocHost)
   size_t input_bytes_ = 0;              // the whole buffer: tables last, at full capacity
   Tensor device_inputs_;
-  CudaOps::InputRegion ids_, logit_rows_, positions_, offsets_, rows_, tables_, plans_[2];
+  CudaOps::InputRegion ids_, logit_rows_, positions_, offsets_, rows_, live_rows_, tables_,
+      plans_[2];
+  std::shared_ptr<void> arena_;  // the activations' arena: alive while this graph is
   // The recorded shape, which every replay must have.
   std::vector<int64_t> slice_rows_;
   int64_t logit_row_count_ = 0;

@@ -118,7 +118,9 @@ cudaError_t LaunchMoeRoute(const float* logits, const float* bias, const RouterC
 
 namespace {
 
-__global__ void CountExpertsKernel(const int32_t* ids, int64_t n, int experts, uint32_t* counts) {
+__global__ void CountExpertsKernel(const int32_t* ids, int64_t n, int experts, uint32_t* counts,
+                                   const int32_t* live_rows, int per_row) {
+  if (live_rows) n = min(n, static_cast<int64_t>(*live_rows) * per_row);
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int32_t e = ids[i];
@@ -129,12 +131,13 @@ __global__ void CountExpertsKernel(const int32_t* ids, int64_t n, int experts, u
 }  // namespace
 
 cudaError_t LaunchCountExperts(const int32_t* ids, int64_t n, int experts, uint32_t* counts,
-                               cudaStream_t stream) {
-  if (n < 0 || experts < 1) return cudaErrorInvalidValue;
+                               const int32_t* live_rows, int per_row, cudaStream_t stream) {
+  if (n < 0 || experts < 1 || (live_rows && per_row < 1)) return cudaErrorInvalidValue;
   if (n == 0) return cudaSuccess;
   if (!ids || !counts) return cudaErrorInvalidValue;
   const int64_t blocks = std::min<int64_t>((n + 255) / 256, 1024);
-  CountExpertsKernel<<<static_cast<unsigned>(blocks), 256, 0, stream>>>(ids, n, experts, counts);
+  CountExpertsKernel<<<static_cast<unsigned>(blocks), 256, 0, stream>>>(ids, n, experts, counts,
+                                                                         live_rows, per_row);
   return cudaGetLastError();
 }
 

@@ -18,8 +18,9 @@ namespace dserve::kernels::cuda {
 cudaError_t LaunchMoeRoute(const float* logits, const float* bias, const RouterConfig& config,
                            int64_t tokens, int32_t* ids, float* weights, cudaStream_t stream);
 
-// counts[ids[i]] += 1 for i < n (atomics; ids outside [0, experts) are skipped).
+// counts[ids[i]] += 1 for i < n (atomics; ids outside [0, experts) are skipped). With
+// `live_rows` (a device int), only i < *live_rows * per_row count: a graph's padding rows don't.
 cudaError_t LaunchCountExperts(const int32_t* ids, int64_t n, int experts, uint32_t* counts,
-                               cudaStream_t stream);
+                               const int32_t* live_rows, int per_row, cudaStream_t stream);
 
 }  // namespace dserve::kernels::cuda
