@@ -29,7 +29,7 @@ absl::Status Run(const Flags& flags) {
   const int64_t page = 64, pages = (T + page - 1) / page;
   kernels::LatentCacheShape shape = model.CacheShape(pages, page);
   DSERVE_ASSIGN_OR_RETURN(shape.dtype, ParseKvCacheDType(flags.Get("kv-cache-dtype")));
-  DSERVE_ASSIGN_OR_RETURN(kernels::LatentCache cache, model.ops().NewLatentCache(shape));
+  DSERVE_ASSIGN_OR_RETURN(kernels::LatentCache cache, model.NewLatentCache(shape));
   std::vector<int32_t> table(pages), positions(T), rows(T);
   std::iota(table.begin(), table.end(), 0);
   std::iota(positions.begin(), positions.end(), 0);

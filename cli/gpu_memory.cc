@@ -23,7 +23,7 @@ absl::Status RunLargestStep(models::DeepseekModel& model, const engine::EngineCo
   const int64_t pages = (T + config.page_size - 1) / config.page_size;
   kernels::LatentCacheShape shape = model.CacheShape(pages, config.page_size);
   shape.dtype = config.kv_dtype;
-  DSERVE_ASSIGN_OR_RETURN(kernels::LatentCache cache, model.ops().NewLatentCache(shape));
+  DSERVE_ASSIGN_OR_RETURN(kernels::LatentCache cache, model.NewLatentCache(shape));
   std::vector<int32_t> tokens(T, 0), positions(T), table(pages);
   std::iota(positions.begin(), positions.end(), 0);
   std::iota(table.begin(), table.end(), 0);

@@ -75,7 +75,7 @@ absl::StatusOr<std::unique_ptr<EngineCore>> EngineCore::Create(models::DeepseekM
   }
   const bool graphs = config.graph_max_batch > 0 && model.ops().device() != Device::kCpu;
   shape.num_pages = pages + (graphs ? 1 : 0);
-  DSERVE_ASSIGN_OR_RETURN(kernels::LatentCache cache, model.ops().NewLatentCache(shape));
+  DSERVE_ASSIGN_OR_RETURN(kernels::LatentCache cache, model.NewLatentCache(shape));
   std::unique_ptr<EngineCore> core(
       new EngineCore(model, tokenizer, config, std::move(cache), pages));
   if (graphs) {
@@ -122,7 +122,7 @@ EngineCore::EngineCore(models::DeepseekModel& model, const Tokenizer* tokenizer,
       sample_pool_(std::max(1, config.sampler_threads)) {
   kv_ = std::make_unique<KvCacheManager>(
       KvCacheConfig{kv_pages, config.page_size, config.enable_prefix_caching},
-      [this](int32_t src, int32_t dst) { model_.ops().CopyCachePage(cache_, src, dst); });
+      [this](int32_t src, int32_t dst) { model_.CopyCachePage(cache_, src, dst); });
   scheduler_ = std::make_unique<Scheduler>(config.scheduler, *kv_);
   runner_ = std::make_unique<ModelRunner>(model, cache_, *kv_, config.mla_mode);
 }

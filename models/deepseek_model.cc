@@ -332,9 +332,91 @@ void DeepseekModel::Trunk(const ForwardInput& in, LatentCache& cache, Tensor& hi
   ops_.RmsNorm(x, weights_.final_norm, static_cast<float>(c.rms_norm_eps), hidden);
 }
 
+absl::Status DeepseekModel::Announce(RankCall call) {
+  call.copies = std::move(pending_copies_);
+  pending_copies_.clear();
+  return SendRankCall(ops_, *parallel_.comm, call);
+}
+
+absl::StatusOr<LatentCache> DeepseekModel::NewLatentCache(const kernels::LatentCacheShape& shape) {
+  if (parallel_.parallel() && leader()) {
+    RankCall call;
+    call.kind = RankCall::kNewCache;
+    call.shape = shape;
+    DSERVE_RETURN_IF_ERROR(Announce(std::move(call)));
+  }
+  return ops_.NewLatentCache(shape);
+}
+
+void DeepseekModel::CopyCachePage(LatentCache& cache, int32_t src, int32_t dst) {
+  if (parallel_.parallel() && leader()) pending_copies_.push_back({src, dst});
+  ops_.CopyCachePage(cache, src, dst);
+}
+
+absl::Status DeepseekModel::StopFollowers() {
+  if (!parallel_.parallel() || !leader()) return absl::OkStatus();
+  return Announce(RankCall{});
+}
+
+absl::Status DeepseekModel::Follow() {
+  if (!parallel_.parallel() || leader()) {
+    return absl::FailedPreconditionError("only ranks other than 0 of a parallel model follow");
+  }
+  for (;;) {
+    DSERVE_ASSIGN_OR_RETURN(RankCall call, ReceiveRankCall(ops_, *parallel_.comm));
+    if (!call.copies.empty() && !follower_cache_) {
+      return absl::FailedPreconditionError("the leader copied cache pages before making a cache");
+    }
+    for (const auto& [src, dst] : call.copies) ops_.CopyCachePage(*follower_cache_, src, dst);
+    switch (call.kind) {
+      case RankCall::kStop: return ops_.TakeError();
+      case RankCall::kNewCache: {
+        follower_cache_.reset();  // the old one goes first, as the leader's did
+        DSERVE_ASSIGN_OR_RETURN(LatentCache cache, ops_.NewLatentCache(call.shape));
+        follower_cache_ = std::move(cache);
+        break;
+      }
+      case RankCall::kForward: {
+        if (!follower_cache_) return absl::FailedPreconditionError("a step before any cache");
+        ForwardInput in;
+        in.tokens = call.tokens;
+        in.batch = call.Batch();
+        in.logit_rows = call.logit_rows;
+        in.mla_mode = call.mla_mode;
+        ForwardOutput out;
+        DSERVE_RETURN_IF_ERROR(Forward(in, *follower_cache_, &out));
+        break;
+      }
+      case RankCall::kForwardMtp: {
+        if (!follower_cache_) return absl::FailedPreconditionError("a step before any cache");
+        Tensor hidden = ops_.Empty(DType::kF32, {static_cast<int64_t>(call.tokens.size()),
+                                                 config_.hidden_size});
+        DSERVE_RETURN_IF_ERROR(BroadcastTensor(ops_, *parallel_.comm, hidden));
+        MtpInput m;
+        m.next_tokens = call.tokens;
+        m.hidden = &hidden;
+        m.batch = call.Batch();
+        m.logit_rows = call.logit_rows;
+        m.mla_mode = call.mla_mode;
+        Tensor hidden_out;
+        if (call.hidden_out) m.hidden_out = &hidden_out;
+        std::vector<float> logits;
+        DSERVE_RETURN_IF_ERROR(ForwardMtp(m, *follower_cache_, &logits));
+        break;
+      }
+    }
+  }
+}
+
 absl::Status DeepseekModel::Forward(const ForwardInput& in, LatentCache& cache,
                                     ForwardOutput* out) {
   DSERVE_RETURN_IF_ERROR(ValidateForward(in, cache));
+  if (parallel_.parallel() && leader()) {
+    RankCall call;
+    call.kind = RankCall::kForward;
+    call.SetBatch(in.tokens, in.batch, in.logit_rows, in.mla_mode);
+    DSERVE_RETURN_IF_ERROR(Announce(std::move(call)));
+  }
   out->hidden = ops_.Empty(DType::kF32, {static_cast<int64_t>(in.tokens.size()),
                                          config_.hidden_size});
   Trunk(in, cache, out->hidden);
@@ -379,6 +461,16 @@ absl::Status DeepseekModel::ForwardMtp(const MtpInput& in, LatentCache& cache,
   const int64_t T = static_cast<int64_t>(in.next_tokens.size());
   if (!in.hidden || in.hidden->dim(0) != T || in.hidden->dim(1) != c.hidden_size) {
     return absl::InvalidArgumentError("MTP input needs one main-model hidden state per token");
+  }
+  if (parallel_.parallel() && leader()) {
+    RankCall call;
+    call.kind = RankCall::kForwardMtp;
+    call.SetBatch(in.next_tokens, in.batch, in.logit_rows, in.mla_mode);
+    call.hidden_out = in.hidden_out != nullptr;
+    DSERVE_RETURN_IF_ERROR(Announce(std::move(call)));
+    // The leader's input states (the followers' own are the same up to TP rounding).
+    Tensor hidden = *in.hidden;
+    DSERVE_RETURN_IF_ERROR(BroadcastTensor(ops_, *parallel_.comm, hidden));
   }
   const float eps = static_cast<float>(c.rms_norm_eps);
   Tensor e = ops_.Empty(DType::kF32, {T, c.hidden_size});

@@ -4,6 +4,7 @@
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -15,6 +16,7 @@
 #include "models/config.h"
 #include "models/expert_load.h"
 #include "models/parallel_config.h"
+#include "models/rank_calls.h"
 #include "models/rope.h"
 #include "models/weights.h"
 
@@ -90,6 +92,17 @@ class DeepseekModel {
   // A cache with room for every layer, the MTP layer included.
   kernels::LatentCacheShape CacheShape(int64_t num_pages, int64_t page_size = 64) const;
 
+  // Parallel models (parallel() set): the engine drives rank 0, the leader; each call all ranks
+  // must make (a cache, page copies, Forward, ForwardMtp) is announced to the others first
+  // (rank_calls.h), and every other rank runs Follow(), which repeats the leader's calls on its
+  // own cache until the leader's StopFollowers(). Without a parallel config these are the
+  // backend's calls and Forward/ForwardMtp announce nothing.
+  bool leader() const { return parallel_.rank() == 0; }
+  absl::StatusOr<kernels::LatentCache> NewLatentCache(const kernels::LatentCacheShape& shape);
+  void CopyCachePage(kernels::LatentCache& cache, int32_t src, int32_t dst);
+  absl::Status Follow();
+  absl::Status StopFollowers();
+
   // One forward step over a flattened batch; writes each new token's latent into the cache.
   absl::Status Forward(const ForwardInput& in, kernels::LatentCache& cache, ForwardOutput* out);
   // Forward in two halves, for step graphs (step_graphs.h): the device work from the
@@ -151,6 +164,11 @@ class DeepseekModel {
   ModelConfig config_;
   ParallelConfig parallel_;
   absl::Status collective_error_;
+  // The leader's page copies not yet announced; a follower's cache.
+  std::vector<std::pair<int32_t, int32_t>> pending_copies_;
+  std::optional<kernels::LatentCache> follower_cache_;
+  // Leader of a parallel model: tells the other ranks what it is about to run.
+  absl::Status Announce(RankCall call);
   std::unique_ptr<Checkpoint> checkpoint_;
   ModelWeights weights_;
   kernels::Ops& ops_;

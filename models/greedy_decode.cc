@@ -40,7 +40,7 @@ absl::StatusOr<GreedyResult> GreedyDecode(DeepseekModel& model, std::span<const 
   }
   const int64_t pages = (total + o.page_size - 1) / o.page_size;
   DSERVE_ASSIGN_OR_RETURN(kernels::LatentCache cache,
-                          model.ops().NewLatentCache(model.CacheShape(pages, o.page_size)));
+                          model.NewLatentCache(model.CacheShape(pages, o.page_size)));
   std::vector<int32_t> block_table(pages);
   std::iota(block_table.begin(), block_table.end(), 0);
 

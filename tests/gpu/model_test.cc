@@ -23,7 +23,7 @@
 #include "models/deepseek_model.h"
 #include "models/model_generator.h"
 #include "tests/gpu/gpu_compare.h"
-#include "tests/support/test_env.h"
+#include "tests/support/generated_model.h"
 
 namespace dserve::kernels::cuda {
 namespace {
@@ -32,16 +32,7 @@ using models::DeepseekModel;
 
 // Generated once per test binary (small-v3 is 2.6 GB: a few seconds on the device machine).
 const std::string& PresetDir(const std::string& preset) {
-  static std::map<std::string, std::string> dirs;
-  if (auto it = dirs.find(preset); it != dirs.end()) return it->second;
-  models::GenerateOptions o;
-  o.preset = preset;
-  o.seed = 11;
-  o.out_dir = dserve::testing::ScratchDir("gpu-" + preset) + "/model";
-  o.show_progress = false;
-  const absl::Status s = models::GenerateModel(o);
-  EXPECT_TRUE(s.ok()) << s << " (DSERVE_TOKENIZER_DIR must hold the tokenizer files)";
-  return dirs[preset] = o.out_dir;
+  return dserve::testing::GeneratedModelDir(preset, 11);
 }
 
 struct Tolerance {

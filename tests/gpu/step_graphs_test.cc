@@ -18,9 +18,8 @@
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/cuda/device_memory.h"
 #include "models/deepseek_model.h"
-#include "models/model_generator.h"
 #include "models/step_graphs.h"
-#include "tests/support/test_env.h"
+#include "tests/support/generated_model.h"
 
 namespace dserve::kernels::cuda {
 namespace {
@@ -33,16 +32,7 @@ using models::DeepseekModel;
   }
 
 const std::string& PresetDir(const std::string& preset) {
-  static std::map<std::string, std::string> dirs;
-  if (auto it = dirs.find(preset); it != dirs.end()) return it->second;
-  models::GenerateOptions o;
-  o.preset = preset;
-  o.seed = 5;
-  o.out_dir = dserve::testing::ScratchDir("graphs-" + preset) + "/model";
-  o.show_progress = false;
-  const absl::Status s = models::GenerateModel(o);
-  EXPECT_TRUE(s.ok()) << s << " (DSERVE_TOKENIZER_DIR must hold the tokenizer files)";
-  return dirs[preset] = o.out_dir;
+  return dserve::testing::GeneratedModelDir(preset, 5);
 }
 
 constexpr int64_t kPageSize = 64;

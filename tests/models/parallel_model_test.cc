@@ -20,24 +20,14 @@
 #include "kernels/cpu/cpu_ops.h"
 #include "models/deepseek_model.h"
 #include "models/greedy_decode.h"
-#include "models/model_generator.h"
 #include "parallel/in_process_communicator.h"
-#include "tests/support/test_env.h"
+#include "tests/support/generated_model.h"
 
 namespace dserve::models {
 namespace {
 
 const std::string& PresetDir(const std::string& preset) {
-  static std::map<std::string, std::string> dirs;
-  if (auto it = dirs.find(preset); it != dirs.end()) return it->second;
-  GenerateOptions o;
-  o.preset = preset;
-  o.seed = 17;
-  o.out_dir = dserve::testing::ScratchDir("parallel-" + preset) + "/model";
-  o.show_progress = false;
-  const absl::Status s = GenerateModel(o);
-  EXPECT_TRUE(s.ok()) << s << " (DSERVE_TOKENIZER_DIR must hold the tokenizer files)";
-  return dirs[preset] = o.out_dir;
+  return dserve::testing::GeneratedModelDir(preset, 17);
 }
 
 struct RankResult {
