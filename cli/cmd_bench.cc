@@ -43,6 +43,7 @@ double DecodeWeightBytes(const models::DeepseekModel& model) {
 
 absl::Status Run(const Flags& flags) {
   DSERVE_ASSIGN_OR_RETURN(ModelSession s, OpenModel(flags));
+  if (!s.model) return FollowOnly("bench", s);
   if (flags.GetBool("step-costs")) return RunStepCosts(flags, s);
   if (flags.Has("num-prompts")) return RunEngineBench(flags, s);
   DSERVE_ASSIGN_OR_RETURN(int64_t prompt_len, flags.GetInt("prompt-tokens", 1, 1 << 16));

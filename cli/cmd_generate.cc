@@ -74,6 +74,7 @@ absl::Status RunSpeculative(ModelSession& s, const std::vector<int32_t>& prompt,
 
 absl::Status Run(const Flags& flags) {
   DSERVE_ASSIGN_OR_RETURN(ModelSession s, OpenModel(flags));
+  if (!s.model) return FollowOnly("generate", s);
   DSERVE_ASSIGN_OR_RETURN(std::vector<int32_t> prompt,
                           ParseTokenList(flags.Get("tokens"), s.model->config().vocab_size));
   DSERVE_ASSIGN_OR_RETURN(int64_t max_tokens, flags.GetInt("max-tokens", 1, 1 << 20));

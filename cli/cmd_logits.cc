@@ -14,6 +14,7 @@ namespace {
 
 absl::Status Run(const Flags& flags) {
   DSERVE_ASSIGN_OR_RETURN(ModelSession s, OpenModel(flags));
+  if (!s.model) return FollowOnly("logits", s);
   models::DeepseekModel& model = *s.model;
   const int64_t vocab = model.config().vocab_size;
   DSERVE_ASSIGN_OR_RETURN(std::vector<int32_t> tokens,

@@ -64,6 +64,7 @@ absl::Status Serve(const Flags& flags) {
   const std::string model_dir = flags.Get("model");
 
   DSERVE_ASSIGN_OR_RETURN(ModelSession session, OpenModel(flags));
+  if (!session.model) return FollowOnly("serve", session);
   DSERVE_ASSIGN_OR_RETURN(std::unique_ptr<engine::Tokenizer> tokenizer,
                           engine::LoadTokenizer(model_dir));
   std::optional<engine::ChatTemplate> chat_template;

@@ -13,7 +13,7 @@
 namespace dserve::cli {
 
 std::vector<FlagSpec> ModelFlags() {
-  return {
+  std::vector<FlagSpec> flags = {
       {"model", "checkpoint folder (Hugging Face layout)", "", false, true},
       {"device",
 #if DSERVE_HAS_CUDA
@@ -29,6 +29,27 @@ std::vector<FlagSpec> ModelFlags() {
       {"threads", "CPU threads (0: one per core)", "0"},
       {"mla-mode", "auto|naive|absorbed: which MLA form attention uses", "auto"},
   };
+  std::vector<FlagSpec> parallel = ParallelFlags();
+  flags.insert(flags.end(), parallel.begin(), parallel.end());
+  return flags;
+}
+
+ModelSession::~ModelSession() {
+  if (model && ranks) {
+    const absl::Status s = model->StopFollowers();
+    if (!s.ok()) {
+      std::fprintf(stderr, "dserve: stopping the other ranks: %s\n",
+                   std::string(s.message()).c_str());
+    }
+  }
+  model.reset();  // before the backend and the group it talks to
+  ops.reset();
+}
+
+absl::Status FollowOnly(const std::string& command, ModelSession& session) {
+  std::fprintf(stderr, "dserve %s: this node's ranks follow node 0 until it stops\n",
+               command.c_str());
+  return session.ranks->Join();
 }
 
 absl::StatusOr<ModelSession> OpenModel(const Flags& flags) {
@@ -59,6 +80,20 @@ absl::StatusOr<ModelSession> OpenModel(const Flags& flags) {
   } else if (mode != "auto") {
     return absl::InvalidArgumentError(
         absl::StrCat("--mla-mode must be auto, naive or absorbed, got '", mode, "'"));
+  }
+  DSERVE_ASSIGN_OR_RETURN(const RankSetup setup, ParseRankSetup(flags));
+  if (setup.parallel()) {
+    models::ParallelConfig parallel;
+    DSERVE_ASSIGN_OR_RETURN(s.ranks, RankGroup::Start(setup, &s.ops, &parallel));
+    if (!s.ranks->has_leader()) return s;
+    s.cpu = dynamic_cast<kernels::cpu::CpuOps*>(s.ops.get());
+    s.threads = s.cpu ? s.cpu->num_threads() : setup.threads;
+    std::fprintf(stderr, "%d ranks (%s)\n", setup.world(), parallel.Describe().c_str());
+    absl::StatusOr<std::unique_ptr<models::DeepseekModel>> model =
+        models::DeepseekModel::Load(flags.Get("model"), *s.ops, true, parallel);
+    DSERVE_RETURN_IF_ERROR(s.ranks->LeaderLoaded(*s.ops, model.status()));
+    s.model = std::move(model).value();
+    return s;
   }
   if (device == "cpu") {
     auto cpu = std::make_unique<kernels::cpu::CpuOps>(static_cast<int>(threads));

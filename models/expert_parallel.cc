@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/check.h"
+#include "models/rank_calls.h"
 
 namespace dserve::models {
 namespace {
@@ -13,22 +14,6 @@ struct Pair {
   int32_t expert, token;
   float weight;
 };
-
-// Every rank's `mine` (count values each), through the backend's memory as collectives need.
-absl::StatusOr<std::vector<int32_t>> AllGatherInts(kernels::Ops& ops,
-                                                   parallel::Communicator& comm,
-                                                   const std::vector<int32_t>& mine) {
-  const int64_t n = static_cast<int64_t>(mine.size());
-  Tensor send = Tensor::Zeros(DType::kI32, {n});
-  std::copy(mine.begin(), mine.end(), send.data<int32_t>());
-  DSERVE_RETURN_IF_ERROR(ops.PlaceTensor(send));
-  Tensor all = ops.Empty(DType::kI32, {comm.size() * n});
-  DSERVE_RETURN_IF_ERROR(comm.AllGather(send.raw(), n * 4, all.raw()));
-  std::vector<int32_t> out(static_cast<size_t>(comm.size() * n));
-  ops.CopyToHost(all, out.data());
-  DSERVE_RETURN_IF_ERROR(ops.TakeError());
-  return out;
-}
 
 Tensor Placed(kernels::Ops& ops, Tensor host) {
   (void)ops.PlaceTensor(host);  // errors surface through the backend's next TakeError

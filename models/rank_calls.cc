@@ -156,6 +156,22 @@ absl::StatusOr<RankCall> ReceiveRankCall(kernels::Ops& ops, parallel::Communicat
   return DecodeRankCall(words);
 }
 
+absl::StatusOr<std::vector<int32_t>> AllGatherInts(kernels::Ops& ops,
+                                                   parallel::Communicator& comm,
+                                                   const std::vector<int32_t>& mine) {
+  const int64_t n = static_cast<int64_t>(mine.size());
+  Tensor send = Tensor::Zeros(DType::kI32, {n});
+  std::copy(mine.begin(), mine.end(), send.data<int32_t>());
+  DSERVE_RETURN_IF_ERROR(ops.PlaceTensor(send));
+  Tensor all = ops.Empty(DType::kI32, {comm.size() * n});
+  DSERVE_RETURN_IF_ERROR(ops.TakeError());
+  DSERVE_RETURN_IF_ERROR(comm.AllGather(send.raw(), n * 4, all.raw()));
+  std::vector<int32_t> out(static_cast<size_t>(comm.size() * n));
+  ops.CopyToHost(all, out.data());
+  DSERVE_RETURN_IF_ERROR(ops.TakeError());
+  return out;
+}
+
 absl::Status BroadcastTensor(kernels::Ops& ops, parallel::Communicator& comm, Tensor& t) {
   // Queued work that writes t is done first (NCCL would order it on the stream itself).
   DSERVE_RETURN_IF_ERROR(ops.TakeError());

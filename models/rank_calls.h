@@ -45,6 +45,11 @@ absl::StatusOr<RankCall> DecodeRankCall(std::span<const int64_t> words);
 // the others receive it. Collective over `comm`, rooted at rank 0.
 absl::Status SendRankCall(kernels::Ops& ops, parallel::Communicator& comm, const RankCall& call);
 absl::StatusOr<RankCall> ReceiveRankCall(kernels::Ops& ops, parallel::Communicator& comm);
+// Every rank's `mine` (the same count on every rank), rank by rank, through the backend's
+// memory as the communicator needs it.
+absl::StatusOr<std::vector<int32_t>> AllGatherInts(kernels::Ops& ops,
+                                                   parallel::Communicator& comm,
+                                                   const std::vector<int32_t>& mine);
 // A tensor's bytes from rank 0 to every rank (`t` allocated with the same shape everywhere).
 absl::Status BroadcastTensor(kernels::Ops& ops, parallel::Communicator& comm, Tensor& t);
 

@@ -109,6 +109,23 @@ TEST(CliTest, SpeculativeGeneratePrintsTheSameContinuation) {
   }
 }
 
+// Split over ranks (threads of the process on the CPU), the greedy continuation is still the
+// float64 reference's: expert parallelism over 2 and 4 ranks, tensor parallelism over 2, both,
+// alone and through the engine with MTP drafts.
+TEST(CliTest, ParallelGeneratePrintsTheReferenceContinuation) {
+  const auto ref = testing::ReadNpz(TestdataPath("micro-v3") + "/reference.npz");
+  const std::string want = absl::StrJoin(ref.at("generated").AsInts(), ",") + "\n";
+  for (const char* split : {"--ep-size 2", "--ep-size 4", "--tp-size 2", "--ep-size 2 --tp-size 2",
+                            "--ep-size 2 --speculative mtp", "--tp-size 2 --speculative mtp"}) {
+    const Result r = Dserve(absl::StrCat("generate --model ", TestdataPath("micro-v3"),
+                                         " --tokens ", ReferenceTokens("micro-v3"),
+                                         " --max-tokens 8 --ignore-eos ", split));
+    ASSERT_EQ(r.code, 0) << split << ": " << r.output;
+    EXPECT_TRUE(Contains(r.output, want)) << split << ": " << r.output;
+    EXPECT_TRUE(Contains(r.output, " ranks (EP ")) << r.output;
+  }
+}
+
 TEST(CliTest, InspectReportsParametersAndCacheSizes) {
   // micro-v3 (its README): hidden 256, vocab 2048, 4 layers (layer 0 dense, intermediate 512),
   // 8 heads, q_lora 128, kv_lora 128, nope 32, rope 16, v 32, 16 experts of 128 + 1 shared,
@@ -152,6 +169,14 @@ TEST(CliTest, BadInputGetsAClearErrorAndNonZeroExit) {
        "--kv-cache-dtype must be bf16, fp8 or f32, got 'int4'"},
       {"bench --model " + v3 + " --num-prompts 2 --cuda-graph-max-batch -1", 2,
        "--cuda-graph-max-batch must be an integer in [0"},
+      {"generate --model " + v3 + " --tokens 1 --ep-size 3", 2,
+       "--ep-size 3 must divide the 16 routed experts"},
+      {"generate --model " + v3 + " --tokens 1 --ep-size 2 --tp-size 4", 2,
+       "must each be 1 or the number of ranks"},
+      {"generate --model " + v3 + " --tokens 1 --ep-size 2 --nnodes 2", 2,
+       "--nnodes > 1 needs --device cuda"},
+      {"generate --model " + v3 + " --tokens 1 --ep-size 2 --node-rank 3", 2,
+       "--node-rank 3 is not one of the 1 nodes"},
       {"generate --model /nonexistent/model --tokens 1", 2, "/nonexistent/model/config.json"},
       {"logits --model " + TestdataPath("micro-v2") + " --tokens 1,2 --out /tmp/x.npy --mtp-out "
        "/tmp/y.npy",
