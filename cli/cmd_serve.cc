@@ -98,7 +98,8 @@ absl::Status Serve(const Flags& flags) {
   server::ServerMetrics metrics(server::ServerMetricsOptions{service_config.served_model_name});
   const models::ExpertLoad& load = session.model->expert_load();
   const int drafts = config.num_speculative_tokens;
-  metrics.SetEngineStateSource([&engine, &load, drafts] {
+  const int ep_size = session.model->parallel().ep_size;
+  metrics.SetEngineStateSource([&engine, &load, drafts, ep_size] {
     const engine::EngineGauges g = engine.gauges();
     server::EngineState s;
     s.num_running = g.running;
@@ -114,6 +115,7 @@ absl::Status Serve(const Flags& flags) {
                          stats.accepted_at.begin() + drafts);
     s.expert_tokens = load.Snapshot();
     s.expert_layers = load.layers();
+    s.ep_size = ep_size;
     return s;
   });
   server::GenerationService service(engine, *tokenizer,

@@ -44,6 +44,14 @@ install_missing() {
   fi
 }
 
+# DSERVE_SETUP_MINIMAL=1 (docker/Dockerfile's build stage): the build's packages only — no
+# test tools, no training packages, no npm (a served checkpoint brings its own tokenizer).
+if [ "${DSERVE_SETUP_MINIMAL:-0}" = 1 ]; then
+  install_missing "" "${PACKAGES[@]}"
+  echo "setup: minimal (build only) done"
+  exit 0
+fi
+
 extra=()
 # npm may come with a nodejs that is not Debian's (NodeSource's bundles it): only ask apt for
 # Debian's node and npm when there is no npm at all.

@@ -368,6 +368,21 @@ std::string ServerMetrics::Render() const {
                state.expert_tokens[i][e]);
     }
   }
+  if (state.ep_size > 1) {
+    w.Family("dserve:moe_rank_tokens_total", "counter",
+             "Tokens routed to the experts each expert-parallel rank holds, per MoE layer.");
+    for (size_t i = 0; i < state.expert_tokens.size(); ++i) {
+      const std::string layer = layer_label(i);
+      const std::vector<int64_t>& tokens = state.expert_tokens[i];
+      const size_t per = tokens.size() / static_cast<size_t>(state.ep_size);
+      for (int r = 0; r < state.ep_size; ++r) {
+        int64_t sum = 0;
+        for (size_t e = r * per; e < (r + 1) * per && e < tokens.size(); ++e) sum += tokens[e];
+        w.Sample("dserve:moe_rank_tokens_total", {{"layer", layer}, {"rank", std::to_string(r)}},
+                 sum);
+      }
+    }
+  }
   w.Family("dserve:moe_expert_load_imbalance", "gauge",
            "Max over mean tokens per expert of each MoE layer (1 is balanced, 0 no tokens).");
   for (size_t i = 0; i < state.expert_tokens.size(); ++i) {

@@ -103,6 +103,9 @@ struct EngineState {
   std::vector<int64_t> accepted_at;  // one entry per configured draft position
   std::vector<std::vector<int64_t>> expert_tokens;  // [moe layer index][expert] tokens routed
   std::vector<int> expert_layers;  // model layer number of each expert_tokens entry
+  // Expert parallelism: ranks holding the routed experts in contiguous equal slices (rank r
+  // holds experts [r * E / ep_size, (r + 1) * E / ep_size)); their load is exported per rank.
+  int ep_size = 1;
 };
 
 struct ServerMetricsOptions {

@@ -495,6 +495,32 @@ TEST(ServerMetricsTest, NonIntegralGaugesRoundTrip) {
   EXPECT_EQ(exp.Value("dserve:kv_cache_usage_perc"), 1.0 / 3.0);  // exact, not approximately
 }
 
+// Expert parallelism: each rank's slice of every layer's experts, summed, labelled by rank;
+// none without EP.
+TEST(ServerMetricsTest, ExpertParallelRanksGetTheirSlicesLoad) {
+  ServerMetrics metrics;
+  metrics.SetEngineStateSource([] {
+    EngineState state;
+    state.expert_tokens = {{1, 2, 3, 4, 5, 6, 7, 8}, {0, 0, 0, 0, 0, 0, 0, 9}};
+    state.expert_layers = {1, 2};
+    state.ep_size = 4;
+    return state;
+  });
+  Exposition exp = Parse(metrics.Render());
+  EXPECT_EQ(exp.All("dserve:moe_rank_tokens_total").size(), 8u);
+  EXPECT_EQ(exp.Value("dserve:moe_rank_tokens_total", {{"layer", "1"}, {"rank", "0"}}), 3);
+  EXPECT_EQ(exp.Value("dserve:moe_rank_tokens_total", {{"layer", "1"}, {"rank", "3"}}), 15);
+  EXPECT_EQ(exp.Value("dserve:moe_rank_tokens_total", {{"layer", "2"}, {"rank", "3"}}), 9);
+  EXPECT_EQ(exp.Value("dserve:moe_rank_tokens_total", {{"layer", "2"}, {"rank", "1"}}), 0);
+  metrics.SetEngineStateSource([] {
+    EngineState state;
+    state.expert_tokens = {{1, 2}};
+    return state;
+  });
+  exp = Parse(metrics.Render());
+  EXPECT_TRUE(exp.All("dserve:moe_rank_tokens_total").empty());
+}
+
 TEST(ServerMetricsTest, ExpertTokensCarryLayerAndExpertLabels) {
   ServerMetrics metrics;
   metrics.SetEngineStateSource([] {
