@@ -17,7 +17,8 @@ std::vector<FlagSpec> ModelFlags() {
       {"model", "checkpoint folder (Hugging Face layout)", "", false, true},
       {"device",
 #if DSERVE_HAS_CUDA
-       "cpu|cuda: the backend (cuda: GPU 0; CUDA_VISIBLE_DEVICES picks it)",
+       "cpu|cuda: the backend (cuda: GPU 0, or GPUs 0..N-1 for N ranks on this node; "
+       "CUDA_VISIBLE_DEVICES picks them)",
 #else
        "cpu (this build has no CUDA backend: build where nvcc is found)",
 #endif
