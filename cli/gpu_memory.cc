@@ -24,7 +24,12 @@ absl::Status RunLargestStep(models::DeepseekModel& model, const engine::EngineCo
   kernels::LatentCacheShape shape = model.CacheShape(pages, config.page_size);
   shape.dtype = config.kv_dtype;
   DSERVE_ASSIGN_OR_RETURN(kernels::LatentCache cache, model.NewLatentCache(shape));
-  std::vector<int32_t> tokens(T, 0), positions(T), table(pages);
+  // Varied ids: with one repeated token every row would route to the same experts, and with
+  // expert parallelism one rank's activations would be far from its share.
+  std::vector<int32_t> tokens(T), positions(T), table(pages);
+  for (int64_t i = 0; i < T; ++i) {
+    tokens[i] = static_cast<int32_t>((i * 7919 + 11) % model.config().vocab_size);
+  }
   std::iota(positions.begin(), positions.end(), 0);
   std::iota(table.begin(), table.end(), 0);
   const int64_t logit_rows = std::min<int64_t>(

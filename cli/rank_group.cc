@@ -123,57 +123,51 @@ absl::StatusOr<std::unique_ptr<RankGroup>> RankGroup::Start(
     for (int r = 1; r < world; ++r) followers.push_back({r, &g->in_process_->rank(r)});
   } else {
 #if DSERVE_HAS_CUDA
-    // NCCL's id: made on node 0, fetched by the others.
-    std::vector<uint8_t> id;
-    absl::Status served;
-    std::thread server;
-    if (setup.node_rank == 0) {
-      DSERVE_ASSIGN_OR_RETURN(id, parallel::NewNcclId());
-      if (setup.nnodes > 1) {
-        DSERVE_ASSIGN_OR_RETURN(const parallel::HostPort at,
-                                parallel::ParseHostPort(setup.dist_init_addr));
-        server = std::thread([&served, at, &setup, &id] {
-          served = parallel::ServeRendezvous(at, setup.nnodes, id, kRendezvousTimeout);
-        });
-      }
-    } else {
-      DSERVE_ASSIGN_OR_RETURN(const parallel::HostPort at,
-                              parallel::ParseHostPort(setup.dist_init_addr));
-      std::fprintf(stderr, "node %d: waiting for node 0 at %s\n", setup.node_rank,
-                   setup.dist_init_addr.c_str());
-      DSERVE_ASSIGN_OR_RETURN(id, parallel::JoinRendezvous(at, setup.node_rank, 128,
-                                                           kRendezvousTimeout));
-    }
-    absl::Status made;
-    for (int i = 0; i < local && made.ok(); ++i) {
+    // This node's GPUs first: a node that cannot use them never joins the rendezvous, and
+    // node 0 then names it when the rendezvous times out.
+    for (int i = 0; i < local; ++i) {
       kernels::cuda::CudaOpsOptions o;
       o.device = i;
       o.gemm = setup.exact_gemm ? kernels::cuda::GemmMode::kExact
                                 : kernels::cuda::GemmMode::kTensorCores;
       auto cuda = kernels::cuda::CudaOps::Create(o);
       if (!cuda.ok()) {
-        made = absl::Status(cuda.status().code(),
+        return absl::Status(cuda.status().code(),
                             absl::StrCat("GPU ", i, " of this node: ", cuda.status().message()));
+      }
+      ops[i] = std::move(cuda).value();
+    }
+    // NCCL's id: made on node 0 and handed to every other node before anyone starts NCCL.
+    std::vector<uint8_t> id;
+    if (setup.node_rank == 0) {
+      DSERVE_ASSIGN_OR_RETURN(id, parallel::NewNcclId());
+    }
+    if (setup.nnodes > 1) {
+      DSERVE_ASSIGN_OR_RETURN(const parallel::HostPort at,
+                              parallel::ParseHostPort(setup.dist_init_addr));
+      if (setup.node_rank == 0) {
+        std::fprintf(stderr, "node 0: waiting for %d other node(s) on port %d\n",
+                     setup.nnodes - 1, at.port);
+        DSERVE_RETURN_IF_ERROR(
+            parallel::ServeRendezvous(at, setup.nnodes, id, kRendezvousTimeout));
       } else {
-        ops[i] = std::move(cuda).value();
+        std::fprintf(stderr, "node %d: waiting for node 0 at %s\n", setup.node_rank,
+                     setup.dist_init_addr.c_str());
+        DSERVE_ASSIGN_OR_RETURN(id, parallel::JoinRendezvous(at, setup.node_rank, 128,
+                                                             kRendezvousTimeout));
       }
     }
     // Every local rank joins NCCL at once (each call blocks until all ranks have).
     std::vector<absl::StatusOr<std::unique_ptr<parallel::NcclCommunicator>>> comms;
     for (int i = 0; i < local; ++i) comms.emplace_back(absl::UnknownError("not started"));
-    if (made.ok()) {
-      std::vector<std::thread> joins;
-      for (int i = 0; i < local; ++i) {
-        joins.emplace_back([&, i] {
-          auto* cuda = static_cast<kernels::cuda::CudaOps*>(ops[i].get());
-          comms[i] = parallel::NcclCommunicator::Create(id, first + i, world, i, cuda->stream());
-        });
-      }
-      for (std::thread& t : joins) t.join();
+    std::vector<std::thread> joins;
+    for (int i = 0; i < local; ++i) {
+      joins.emplace_back([&, i] {
+        auto* cuda = static_cast<kernels::cuda::CudaOps*>(ops[i].get());
+        comms[i] = parallel::NcclCommunicator::Create(id, first + i, world, i, cuda->stream());
+      });
     }
-    if (server.joinable()) server.join();
-    DSERVE_RETURN_IF_ERROR(made);
-    DSERVE_RETURN_IF_ERROR(served);
+    for (std::thread& t : joins) t.join();
     for (int i = 0; i < local; ++i) {
       if (!comms[i].ok()) return comms[i].status();
       g->owned_comms_.push_back(std::move(comms[i]).value());

@@ -54,7 +54,7 @@ class StepBench {
 
   // Fills every sequence's cache (main layers and the MTP layer) with a random prompt.
   absl::Status Prefill() {
-    DSERVE_ASSIGN_OR_RETURN(cache_, model_.ops().NewLatentCache(shape_));
+    DSERVE_ASSIGN_OR_RETURN(cache_, model_.NewLatentCache(shape_));
     std::vector<int32_t> tokens = RandomTokens(batch_ * context_);
     std::vector<int32_t> positions;
     models::ForwardInput in;

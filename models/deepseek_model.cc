@@ -1,6 +1,7 @@
 #include "models/deepseek_model.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
 #include <numeric>
 
@@ -137,11 +138,10 @@ absl::Status DeepseekModel::Validate(std::span<const int32_t> tokens, const Atte
 
 void DeepseekModel::SumOverRanks(Tensor& t) {
   if (parallel_.tp_size == 1) return;
-  // Collectives read finished inputs: a backend's queued work is done first (a no-op on the
-  // CPU; NCCL orders itself on the GPU's stream, where this wait is the price of the first
-  // version).
-  const absl::Status ready = ops_.TakeError();
-  absl::Status s = ready.ok() ? parallel_.comm->AllReduceSum(t.data<float>(), t.numel()) : ready;
+  // Always entered, whatever this rank's backend reported (its error stays for the step's
+  // end): a rank that skipped a collective would leave the others waiting in it. NCCL orders
+  // the sum after the queued kernels on the rank's stream; on the CPU they are done.
+  absl::Status s = parallel_.comm->AllReduceSum(t.data<float>(), t.numel());
   if (collective_error_.ok() && !s.ok()) collective_error_ = std::move(s);
 }
 
@@ -236,8 +236,7 @@ void DeepseekModel::Block(const BlockWeights& w, int layer, int cache_layer, con
       // Every rank ends with every token's routed sum; the shared expert (TP-summed inside
       // Mlp when sharded) is added after it, as on one rank.
       ExpertParallelInput ep{&h, &ids, &expert_weights, w.moe.experts, c.n_routed_experts};
-      const absl::Status ready = ops_.TakeError();
-      absl::Status s = ready.ok() ? ExpertParallelMoe(ops_, *parallel_.comm, ep, ffn) : ready;
+      absl::Status s = ExpertParallelMoe(ops_, *parallel_.comm, ep, ffn);
       if (collective_error_.ok() && !s.ok()) collective_error_ = std::move(s);
       if (shared) ops_.Add(ffn, Mlp(*shared, h));
     } else {
@@ -333,19 +332,36 @@ void DeepseekModel::Trunk(const ForwardInput& in, LatentCache& cache, Tensor& hi
 }
 
 absl::Status DeepseekModel::Announce(RankCall call) {
+  // An error left from earlier work is reported before anything is announced: once a call is
+  // announced, every rank runs it and its collectives to the end.
+  DSERVE_RETURN_IF_ERROR(ops_.TakeError());
   call.copies = std::move(pending_copies_);
   pending_copies_.clear();
   return SendRankCall(ops_, *parallel_.comm, call);
 }
 
 absl::StatusOr<LatentCache> DeepseekModel::NewLatentCache(const kernels::LatentCacheShape& shape) {
-  if (parallel_.parallel() && leader()) {
-    RankCall call;
-    call.kind = RankCall::kNewCache;
-    call.shape = shape;
-    DSERVE_RETURN_IF_ERROR(Announce(std::move(call)));
+  if (!parallel_.parallel()) return ops_.NewLatentCache(shape);
+  RankCall call;
+  call.kind = RankCall::kNewCache;
+  call.shape = shape;
+  DSERVE_RETURN_IF_ERROR(Announce(std::move(call)));
+  absl::StatusOr<LatentCache> cache = ops_.NewLatentCache(shape);
+  // Every rank must have its cache before any step: a rank that could not make one fails all.
+  DSERVE_RETURN_IF_ERROR(AgreeAllRanks(cache.status(), "make its KV cache"));
+  return cache;
+}
+
+absl::Status DeepseekModel::AgreeAllRanks(const absl::Status& mine, const char* what) {
+  DSERVE_ASSIGN_OR_RETURN(const std::vector<int32_t> all,
+                          AllGatherInts(ops_, *parallel_.comm, {mine.ok() ? 0 : 1}));
+  if (!mine.ok()) return mine;
+  for (size_t r = 0; r < all.size(); ++r) {
+    if (all[r] != 0) {
+      return absl::ResourceExhaustedError(absl::StrCat("rank ", r, " could not ", what));
+    }
   }
-  return ops_.NewLatentCache(shape);
+  return absl::OkStatus();
 }
 
 void DeepseekModel::CopyCachePage(LatentCache& cache, int32_t src, int32_t dst) {
@@ -368,12 +384,16 @@ absl::Status DeepseekModel::Follow() {
       return absl::FailedPreconditionError("the leader copied cache pages before making a cache");
     }
     for (const auto& [src, dst] : call.copies) ops_.CopyCachePage(*follower_cache_, src, dst);
+    // A step that fails here fails on the leader too (its collectives ran to the end on every
+    // rank): report it and keep following, as the engine keeps stepping.
+    absl::Status step;
     switch (call.kind) {
       case RankCall::kStop: return ops_.TakeError();
       case RankCall::kNewCache: {
         follower_cache_.reset();  // the old one goes first, as the leader's did
-        DSERVE_ASSIGN_OR_RETURN(LatentCache cache, ops_.NewLatentCache(call.shape));
-        follower_cache_ = std::move(cache);
+        absl::StatusOr<LatentCache> cache = ops_.NewLatentCache(call.shape);
+        if (cache.ok()) follower_cache_ = std::move(cache).value();
+        step = AgreeAllRanks(cache.status(), "make its KV cache");
         break;
       }
       case RankCall::kForward: {
@@ -384,13 +404,14 @@ absl::Status DeepseekModel::Follow() {
         in.logit_rows = call.logit_rows;
         in.mla_mode = call.mla_mode;
         ForwardOutput out;
-        DSERVE_RETURN_IF_ERROR(Forward(in, *follower_cache_, &out));
+        step = Forward(in, *follower_cache_, &out);
         break;
       }
       case RankCall::kForwardMtp: {
         if (!follower_cache_) return absl::FailedPreconditionError("a step before any cache");
         Tensor hidden = ops_.Empty(DType::kF32, {static_cast<int64_t>(call.tokens.size()),
                                                  config_.hidden_size});
+        // A failed broadcast means the group itself is broken: stop following.
         DSERVE_RETURN_IF_ERROR(BroadcastTensor(ops_, *parallel_.comm, hidden));
         MtpInput m;
         m.next_tokens = call.tokens;
@@ -401,9 +422,13 @@ absl::Status DeepseekModel::Follow() {
         Tensor hidden_out;
         if (call.hidden_out) m.hidden_out = &hidden_out;
         std::vector<float> logits;
-        DSERVE_RETURN_IF_ERROR(ForwardMtp(m, *follower_cache_, &logits));
+        step = ForwardMtp(m, *follower_cache_, &logits);
         break;
       }
+    }
+    if (!step.ok()) {
+      std::fprintf(stderr, "dserve: rank %d: %s\n", parallel_.rank(),
+                   std::string(step.message()).c_str());
     }
   }
 }

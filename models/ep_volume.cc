@@ -5,11 +5,13 @@
 namespace dserve::models {
 namespace {
 
-EpVolume FromRanks(double remote_ranks, int64_t hidden) {
+EpVolume FromCounts(double remote_ranks, double remote_pairs, int64_t hidden) {
   EpVolume v;
   v.remote_ranks = remote_ranks;
   v.dispatch_bytes = remote_ranks * (static_cast<double>(hidden) + 4.0 * hidden / 128.0);
   v.combine_bytes = remote_ranks * 2.0 * static_cast<double>(hidden);
+  v.remote_pairs = remote_pairs;
+  v.pair_bytes = remote_pairs * (8.0 * static_cast<double>(hidden) + 4.0);
   return v;
 }
 
@@ -22,7 +24,7 @@ EpVolume UniformEpVolume(int64_t experts, int64_t top_k, int ep, int64_t hidden)
   for (int64_t i = 0; i < top_k; ++i) {
     none *= static_cast<double>(experts - per - i) / static_cast<double>(experts - i);
   }
-  return FromRanks((ep - 1) * (1.0 - none), hidden);
+  return FromCounts((ep - 1) * (1.0 - none), static_cast<double>(top_k) * (ep - 1) / ep, hidden);
 }
 
 EpVolume CountedEpVolume(std::span<const int32_t> ids, int64_t top_k, int64_t experts, int ep,
@@ -30,14 +32,19 @@ EpVolume CountedEpVolume(std::span<const int32_t> ids, int64_t top_k, int64_t ex
   const int64_t tokens = static_cast<int64_t>(ids.size()) / top_k;
   const int64_t per = experts / ep;
   std::vector<char> touched(static_cast<size_t>(ep));
-  int64_t remote = 0;
+  int64_t remote = 0, pairs = 0;
   for (int64_t t = 0; t < tokens; ++t) {
     std::fill(touched.begin(), touched.end(), 0);
-    for (int64_t k = 0; k < top_k; ++k) touched[ids[t * top_k + k] / per] = 1;
     const int home = static_cast<int>(t % ep);
+    for (int64_t k = 0; k < top_k; ++k) {
+      const int owner = static_cast<int>(ids[t * top_k + k] / per);
+      touched[owner] = 1;
+      pairs += owner != home;
+    }
     for (int r = 0; r < ep; ++r) remote += (r != home && touched[r]);
   }
-  return FromRanks(tokens > 0 ? static_cast<double>(remote) / tokens : 0.0, hidden);
+  const double n = tokens > 0 ? static_cast<double>(tokens) : 1.0;
+  return FromCounts(static_cast<double>(remote) / n, static_cast<double>(pairs) / n, hidden);
 }
 
 }  // namespace dserve::models

@@ -15,11 +15,6 @@ struct Pair {
   float weight;
 };
 
-Tensor Placed(kernels::Ops& ops, Tensor host) {
-  (void)ops.PlaceTensor(host);  // errors surface through the backend's next TakeError
-  return host;
-}
-
 }  // namespace
 
 absl::Status ExpertParallelMoe(kernels::Ops& ops, parallel::Communicator& comm,
@@ -31,6 +26,13 @@ absl::Status ExpertParallelMoe(kernels::Ops& ops, parallel::Communicator& comm,
   const int64_t per = in.num_experts / W;
   DSERVE_CHECK(per * W == in.num_experts && static_cast<int64_t>(in.local_experts.size()) == per)
       << in.local_experts.size() << " local experts of " << in.num_experts << " over " << W;
+  // Every rank runs every collective below whatever goes wrong locally (a rank that skipped
+  // one would leave the others waiting in it): a local error is kept, this rank then sends
+  // nothing, and the error is returned at the end.
+  absl::Status error;
+  auto note = [&error](absl::Status s) {
+    if (error.ok() && !s.ok()) error = std::move(s);
+  };
 
   // This rank's home tokens and their pairs, by (expert, token): the owners' slices are
   // contiguous and ascending, so this is also by owner.
@@ -41,34 +43,41 @@ absl::Status ExpertParallelMoe(kernels::Ops& ops, parallel::Communicator& comm,
   if (T > 0) {
     ops.CopyToHost(*in.ids, ids.data());
     ops.CopyToHost(*in.weights, weights.data());
-    DSERVE_RETURN_IF_ERROR(ops.TakeError());
+    note(ops.TakeError());
   }
   std::vector<Pair> pairs;
-  for (int64_t t = t0; t < t1; ++t) {
+  for (int64_t t = t0; t < t1 && error.ok(); ++t) {
     for (int64_t k = 0; k < K; ++k) {
       const int32_t e = ids[t * K + k];
       if (e < 0 || e >= in.num_experts) {
-        return absl::InternalError(
-            absl::StrCat("the router chose expert ", e, " of ", in.num_experts));
+        note(absl::InternalError(
+            absl::StrCat("the router chose expert ", e, " of ", in.num_experts)));
+        break;
       }
       pairs.push_back({e, static_cast<int32_t>(t), weights[t * K + k]});
     }
   }
+  if (!error.ok()) pairs.clear();
   std::stable_sort(pairs.begin(), pairs.end(), [](const Pair& a, const Pair& b) {
     return a.expert != b.expert ? a.expert < b.expert : a.token < b.token;
   });
   std::vector<int32_t> send_counts(W, 0);
   for (const Pair& p : pairs) ++send_counts[p.expert / per];
-  DSERVE_ASSIGN_OR_RETURN(const std::vector<int32_t> counts,
-                          AllGatherInts(ops, comm, send_counts));
-  std::vector<int64_t> send_rows(W), recv_rows(W), send_bytes(W), recv_bytes(W);
+  absl::StatusOr<std::vector<int32_t>> counts = AllGatherInts(ops, comm, send_counts);
+  if (!counts.ok()) return counts.status();  // the exchange itself failed: on every rank
+  std::vector<int64_t> send_rows(W), recv_rows(W);
   int64_t R = 0;
   for (int p = 0; p < W; ++p) {
     send_rows[p] = send_counts[p];
-    recv_rows[p] = counts[static_cast<size_t>(p) * W + rank];
+    recv_rows[p] = (*counts)[static_cast<size_t>(p) * W + rank];
     R += recv_rows[p];
   }
   const int64_t S = static_cast<int64_t>(pairs.size());
+  auto bytes = [](const std::vector<int64_t>& rows_per_rank, int64_t row_bytes) {
+    std::vector<int64_t> b(rows_per_rank.size());
+    for (size_t i = 0; i < b.size(); ++i) b[i] = rows_per_rank[i] * row_bytes;
+    return b;
+  };
 
   // Dispatch: the rows, and each row's expert in its owner's numbering.
   std::vector<int32_t> rows(S);
@@ -77,32 +86,28 @@ absl::Status ExpertParallelMoe(kernels::Ops& ops, parallel::Communicator& comm,
     rows[i] = pairs[i].token;
     local_ids.data<int32_t>()[i] = static_cast<int32_t>(pairs[i].expert % per);
   }
-  local_ids = Placed(ops, std::move(local_ids));
+  note(ops.PlaceTensor(local_ids));
   Tensor send_x = ops.Empty(DType::kF32, {S, H});
   if (S > 0) ops.GatherRows(x, rows, send_x);
   Tensor recv_x = ops.Empty(DType::kF32, {R, H});
   Tensor recv_ids = ops.Empty(DType::kI32, {R, 1});
-  DSERVE_RETURN_IF_ERROR(ops.TakeError());
-  auto bytes = [](const std::vector<int64_t>& rows_per_rank, int64_t row_bytes) {
-    std::vector<int64_t> b(rows_per_rank.size());
-    for (size_t i = 0; i < b.size(); ++i) b[i] = rows_per_rank[i] * row_bytes;
-    return b;
-  };
+  note(ops.TakeError());
   DSERVE_RETURN_IF_ERROR(comm.AllToAllV(send_x.raw(), bytes(send_rows, H * 4), recv_x.raw(),
                                         bytes(recv_rows, H * 4)));
   DSERVE_RETURN_IF_ERROR(comm.AllToAllV(local_ids.raw(), bytes(send_rows, 4), recv_ids.raw(),
                                         bytes(recv_rows, 4)));
 
-  // Each received row through its expert, unweighted (weight 1: the output itself).
+  // Each received row through its expert, unweighted (weight 1: the output itself). Rows
+  // arrive from every rank, so they are computed even after a local error.
   Tensor y = ops.Empty(DType::kF32, {R, H});
   if (R > 0) {
     Tensor ones = Tensor::Zeros(DType::kF32, {R, 1});
     std::fill(ones.data<float>(), ones.data<float>() + R, 1.0f);
-    ones = Placed(ops, std::move(ones));
+    note(ops.PlaceTensor(ones));
     ops.MoeExperts(recv_x, in.local_experts, recv_ids, ones, y);
   }
   Tensor back = ops.Empty(DType::kF32, {S, H});
-  DSERVE_RETURN_IF_ERROR(ops.TakeError());
+  note(ops.TakeError());
   DSERVE_RETURN_IF_ERROR(
       comm.AllToAllV(y.raw(), bytes(recv_rows, H * 4), back.raw(), bytes(send_rows, H * 4)));
 
@@ -117,7 +122,7 @@ absl::Status ExpertParallelMoe(kernels::Ops& ops, parallel::Communicator& comm,
   }
   if (S > 0) ops.AddWeightedRows(back, targets, scales, mine);
   Tensor all = ops.Empty(DType::kF32, {W * share, H});
-  DSERVE_RETURN_IF_ERROR(ops.TakeError());
+  note(ops.TakeError());
   DSERVE_RETURN_IF_ERROR(comm.AllGather(mine.raw(), share * H * 4, all.raw()));
   std::vector<int32_t> order;
   for (int q = 0; q < W; ++q) {
@@ -125,7 +130,8 @@ absl::Status ExpertParallelMoe(kernels::Ops& ops, parallel::Communicator& comm,
     for (int64_t t = q0; t < q1; ++t) order.push_back(static_cast<int32_t>(q * share + t - q0));
   }
   if (T > 0) ops.GatherRows(all, order, out);
-  return ops.TakeError();
+  note(ops.TakeError());
+  return error;
 }
 
 }  // namespace dserve::models

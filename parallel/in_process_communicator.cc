@@ -69,18 +69,25 @@ class InProcessGroup::Rank final : public Communicator {
     }
     DSERVE_RETURN_IF_ERROR(group_.Meet(
         rank_, {send, recv, 0, send_bytes, recv_bytes, kAllToAll}, /*same_bytes=*/false));
-    // What peer p sends here starts after what it sends to lower ranks.
+    // Every rank checks every (sender, receiver) pair from the published sizes, so all reach
+    // the same verdict; then what peer p sends here starts after what it sends to lower ranks.
     absl::Status status;
+    for (int q = 0; q < size() && status.ok(); ++q) {
+      for (int p = 0; p < size() && status.ok(); ++p) {
+        const int64_t sent = group_.slots_[p].send_bytes[q];
+        const int64_t expected = group_.slots_[q].recv_bytes[p];
+        if (sent != expected) {
+          status = absl::InvalidArgumentError(absl::StrCat(
+              "AllToAllV: rank ", q, " expects ", expected, " bytes from rank ", p,
+              ", which sends ", sent));
+        }
+      }
+    }
     int64_t at = 0;
     for (int p = 0; p < size(); ++p) {
       const Slot& peer = group_.slots_[p];
       int64_t offset = 0;
       for (int q = 0; q < rank_; ++q) offset += peer.send_bytes[q];
-      if (peer.send_bytes[rank_] != recv_bytes[p] && status.ok()) {
-        status = absl::InvalidArgumentError(absl::StrCat(
-            "AllToAllV: rank ", rank_, " expects ", recv_bytes[p], " bytes from rank ", p,
-            ", which sends ", peer.send_bytes[rank_]));
-      }
       if (status.ok() && recv_bytes[p] > 0) {
         std::memcpy(static_cast<uint8_t*>(recv) + at,
                     static_cast<const uint8_t*>(peer.send) + offset,

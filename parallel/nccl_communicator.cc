@@ -34,6 +34,11 @@ struct NcclCommunicator::Impl {
   cudaStream_t stream = nullptr;
   int device = 0;
   void* barrier_word = nullptr;  // one float on the device for Barrier's all-reduce
+  ~Impl() {
+    (void)cudaSetDevice(device);
+    if (comm) (void)ncclCommDestroy(comm);
+    if (barrier_word) (void)cudaFree(barrier_word);
+  }
 };
 
 absl::StatusOr<std::vector<uint8_t>> NewNcclId() {
@@ -66,11 +71,7 @@ absl::StatusOr<std::unique_ptr<NcclCommunicator>> NcclCommunicator::Create(
 NcclCommunicator::NcclCommunicator(std::unique_ptr<Impl> impl, int rank, int size)
     : impl_(std::move(impl)), rank_(rank), size_(size) {}
 
-NcclCommunicator::~NcclCommunicator() {
-  (void)cudaSetDevice(impl_->device);
-  if (impl_->comm) (void)ncclCommDestroy(impl_->comm);
-  if (impl_->barrier_word) (void)cudaFree(impl_->barrier_word);
-}
+NcclCommunicator::~NcclCommunicator() = default;
 
 absl::Status NcclCommunicator::AllReduceSum(float* data, int64_t count) {
   DSERVE_NCCL_CUDA(cudaSetDevice(impl_->device));

@@ -22,6 +22,7 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 constexpr uint32_t kMagic = 0x44535256;  // "DSRV"
+constexpr std::chrono::seconds kHelloTimeout{5};
 
 class Socket {
  public:
@@ -148,8 +149,11 @@ absl::Status ServeRendezvous(const HostPort& at, int nnodes, const std::vector<u
     }
     Socket peer(::accept(listener.fd(), nullptr, nullptr));
     if (peer.fd() < 0) continue;
+    // A few seconds for the hello: a connection that says nothing (a port probe, a node that
+    // died while connecting) must not hold up the others.
+    const Clock::time_point hello_by = std::min(deadline, Clock::now() + kHelloTimeout);
     uint32_t hello[2] = {0, 0};
-    if (!RecvAll(peer.fd(), hello, sizeof(hello), deadline).ok() || ntohl(hello[0]) != kMagic) {
+    if (!RecvAll(peer.fd(), hello, sizeof(hello), hello_by).ok() || ntohl(hello[0]) != kMagic) {
       continue;  // not one of ours: refuse it and keep waiting
     }
     const int node = static_cast<int>(ntohl(hello[1]));
@@ -167,16 +171,34 @@ absl::StatusOr<std::vector<uint8_t>> JoinRendezvous(const HostPort& at, int node
                                                     size_t bytes,
                                                     std::chrono::milliseconds timeout) {
   const Clock::time_point deadline = Clock::now() + timeout;
-  const absl::StatusOr<sockaddr_in> addr = Resolve(at);
-  if (!addr.ok()) return addr.status();
   absl::Status last = absl::UnavailableError("not tried");
   while (Clock::now() < deadline) {
-    Socket s(::socket(AF_INET, SOCK_STREAM, 0));
-    if (s.fd() < 0) return Errno("rendezvous: socket");
-    if (::connect(s.fd(), reinterpret_cast<const sockaddr*>(&*addr), sizeof(*addr)) != 0) {
-      last = Errno(absl::StrCat("rendezvous: connecting to ", at.host, ":", at.port));
-      std::this_thread::sleep_for(std::chrono::milliseconds(200));  // node 0 may not be up yet
+    // Resolved on every try: node 0's name may not be published yet.
+    const absl::StatusOr<sockaddr_in> addr = Resolve(at);
+    if (!addr.ok()) {
+      last = addr.status();
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
       continue;
+    }
+    Socket s(::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0));
+    if (s.fd() < 0) return Errno("rendezvous: socket");
+    // Non-blocking, so an address that drops packets cannot hold us past the deadline.
+    if (::connect(s.fd(), reinterpret_cast<const sockaddr*>(&*addr), sizeof(*addr)) != 0) {
+      int error = errno;
+      if (error == EINPROGRESS &&
+          Wait(s.fd(), POLLOUT, std::min(deadline, Clock::now() + kHelloTimeout), "connecting")
+              .ok()) {
+        socklen_t len = sizeof(error);
+        ::getsockopt(s.fd(), SOL_SOCKET, SO_ERROR, &error, &len);
+      } else if (error == EINPROGRESS) {
+        error = ETIMEDOUT;
+      }
+      if (error != 0) {
+        errno = error;
+        last = Errno(absl::StrCat("rendezvous: connecting to ", at.host, ":", at.port));
+        std::this_thread::sleep_for(std::chrono::milliseconds(200));  // node 0 may not be up
+        continue;
+      }
     }
     const uint32_t hello[2] = {htonl(kMagic), htonl(static_cast<uint32_t>(node_rank))};
     uint32_t header[2] = {0, 0};

@@ -1,7 +1,8 @@
 // ep_volume_bench: what expert parallelism moves per token at DeepSeek-V3's dimensions (256
-// routed experts, 8 per token, hidden 7168; FP8 dispatch with a scale per 128 values, BF16
-// combine; each token sent once to every other rank holding one of its experts) for EP 8, 16
-// and 32: the uniform-routing arithmetic (models/ep_volume.h, the README's table), the same
+// routed experts, 8 per token, hidden 7168) for EP 8, 16 and 32, in the target wire format
+// (FP8 dispatch with a scale per 128 values, BF16 combine; each token sent once to every other
+// rank holding one of its experts) and, last column, in what ExpertParallelMoe moves today
+// (an F32 row and an id per remote (token, expert) pair, an F32 row back): the uniform-routing arithmetic (models/ep_volume.h, the README's table), the same
 // counted on uniformly drawn experts, and counted on V3's own routing (sigmoid scores with a
 // correction bias, 8 groups, the best 4 groups, then the best 8 experts) of random router
 // logits, through the CPU backend's router.
@@ -75,16 +76,16 @@ int main() {
               static_cast<long long>(kHidden + 4 * kHidden / 128),
               static_cast<long long>(2 * kHidden), static_cast<long long>(kTokens));
   std::printf("  EP | ranks: formula  uniform  V3-routed | dispatch KB: formula  V3 | combine "
-              "KB: formula  V3 | MB per rank per step at 256 tokens (V3, both ways)\n");
+              "KB: formula  V3 | MB/rank/step at 256 tokens, V3: target  today (F32 per pair)\n");
   for (const int ep : {8, 16, 32}) {
     const EpVolume f = UniformEpVolume(kExperts, kTopK, ep, kHidden);
     const EpVolume u = CountedEpVolume(uniform, kTopK, kExperts, ep, kHidden);
     const EpVolume v = CountedEpVolume(routed, kTopK, kExperts, ep, kHidden);
     std::printf("  %2d |         %6.3f   %6.3f     %6.3f |         %7.2f  %6.2f |        %7.2f "
-                " %6.2f | %6.2f\n",
+                " %6.2f |                  %6.2f  %6.2f\n",
                 ep, f.remote_ranks, u.remote_ranks, v.remote_ranks, f.dispatch_bytes / 1e3,
                 v.dispatch_bytes / 1e3, f.combine_bytes / 1e3, v.combine_bytes / 1e3,
-                256 * (v.dispatch_bytes + v.combine_bytes) / 1e6);
+                256 * (v.dispatch_bytes + v.combine_bytes) / 1e6, 256 * v.pair_bytes / 1e6);
   }
   return 0;
 }

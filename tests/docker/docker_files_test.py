@@ -86,6 +86,15 @@ def main():
     check(re.search(r"^HEALTHCHECK .*\n?.*curl -fsS http://127.0.0.1:8000/health", dockerfile,
                     re.M) is not None, "health check on /health")
     check('VOLUME ["/models"]' in dockerfile, "the model directory is a volume")
+    check("LD_LIBRARY_PATH=/opt/dserve/lib:${LD_LIBRARY_PATH}" in dockerfile,
+          "the runtime keeps the base image's library path")
+    ignored = read(".dockerignore").split()
+    check("build/" in ignored and ".git/" in ignored,
+          ".dockerignore keeps host build folders (their CMake caches) out of the image")
+    # The header's run example: the command after the image repeats --model.
+    example = re.search(r"dserve:latest \\\n#\s+(.*)", dockerfile)
+    check(example is not None and example.group(1).startswith("--model "),
+          "the Dockerfile's run example repeats --model")
 
     # What the build stage runs after setup: the script that gathers the runtime stage's files.
     runtime = os.path.join(tmp, "opt")

@@ -64,6 +64,31 @@ TEST(TcpRendezvousTest, EveryNodeGetsNodeZerosBlobAndStrangersAreRefused) {
   }
 }
 
+TEST(TcpRendezvousTest, ASilentConnectionDoesNotHoldUpTheNodes) {
+  const HostPort at{"127.0.0.1", FreePort()};
+  const std::vector<uint8_t> blob(128, 7);
+  absl::Status served;
+  std::thread server([&] { served = ServeRendezvous(at, 2, blob, milliseconds(20000)); });
+  // Connects first and never says anything.
+  const int silent = ::socket(AF_INET, SOCK_STREAM, 0);
+  std::this_thread::sleep_for(milliseconds(100));
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(at.port));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::connect(silent, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
+  const auto start = std::chrono::steady_clock::now();
+  const auto got = JoinRendezvous(at, 1, blob.size(), milliseconds(20000));
+  const double waited =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  server.join();
+  ::close(silent);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(*got, blob);
+  EXPECT_TRUE(served.ok()) << served;
+  EXPECT_LT(waited, 12.0) << "the silent connection held the node up";
+}
+
 TEST(TcpRendezvousTest, MissingNodesAndAbsentServersTimeOutNamingThem) {
   const HostPort at{"127.0.0.1", FreePort()};
   const absl::Status s = ServeRendezvous(at, 3, std::vector<uint8_t>(8), milliseconds(300));
@@ -84,8 +109,12 @@ TEST(TcpRendezvousTest, HostPortIsParsedOrRefused) {
     EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument) << bad;
     EXPECT_NE(s.status().message().find("--dist-init-addr must be host:port"), std::string::npos);
   }
-  const auto unresolved = JoinRendezvous({"no-such-host.invalid", 1234}, 1, 8, milliseconds(100));
-  EXPECT_EQ(unresolved.status().code(), absl::StatusCode::kInvalidArgument)
+  // A name that does not resolve is retried (it may not be published yet), then named.
+  const auto unresolved = JoinRendezvous({"no-such-host.invalid", 1234}, 1, 8, milliseconds(300));
+  EXPECT_EQ(unresolved.status().code(), absl::StatusCode::kDeadlineExceeded)
+      << unresolved.status();
+  EXPECT_NE(unresolved.status().message().find("cannot resolve 'no-such-host.invalid'"),
+            std::string::npos)
       << unresolved.status();
 }
 
