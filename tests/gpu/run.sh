@@ -11,6 +11,12 @@ log=$(mktemp -d)
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 status=0
 rows=()
+# NCCL (218 MB, too big to carry) from the device's CUDA install, else from PyTorch's wheels.
+if ! ldconfig -p 2>/dev/null | grep -q 'libnccl.so.2' && [ ! -e /usr/local/cuda/lib64/libnccl.so.2 ]; then
+  nccl=$(python3 -c 'import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], "lib"))' 2>/dev/null || true)
+  [ -n "$nccl" ] && export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$nccl"
+fi
+export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:/usr/local/cuda/lib64"
 # Libraries neither carried nor on the device (the CUDA 13 runtime and cuBLASLt must be there).
 if ldd "$bundle"/bin/* 2>/dev/null | grep -q 'not found'; then
   echo "missing shared libraries:"
