@@ -76,13 +76,24 @@ absl::StatusOr<double> GpuKvCacheBytes(const ModelSession& session,
                                       model.config().max_position_embeddings);
   model.ops().ResetActivationPeak();
   DSERVE_RETURN_IF_ERROR(RunLargestStep(model, config, T));
-  // The decode step graphs take their activations from an arena of their own (sized like
-  // models/step_graphs.cc does, from a decode step no larger than the probe's).
-  const double graph_arena =
-      config.graph_max_batch > 0
-          ? static_cast<double>(model.ops().ActivationPeakBytes()) * 1.25 + (64 << 20)
-          : 0.0;
   DSERVE_ASSIGN_OR_RETURN(const kernels::cuda::DeviceInfo info, kernels::cuda::GetDeviceInfo());
+  // The decode step graphs (not recorded for parallel models) take their activations from an
+  // arena of their own, sized as models/step_graphs.cc does from a decode step no larger than
+  // the probe's, plus the padded attention plans' workspace (a 64-row tile per 64 query rows
+  // of every sequence and of every multiprocessor's part) and the logits and hidden states
+  // every graph writes.
+  double graph_arena = 0;
+  if (config.graph_max_batch > 0 && !model.parallel().parallel()) {
+    const models::ModelConfig& c = model.config();
+    const int64_t rows = 1 + config.num_speculative_tokens;
+    const int64_t seqs = std::min(config.graph_max_batch, config.scheduler.max_num_seqs);
+    const int64_t most = std::min<int64_t>(seqs * rows, config.scheduler.max_batched_tokens);
+    const int64_t tiles = (static_cast<int64_t>(c.num_attention_heads) * rows + 63) / 64;
+    graph_arena = static_cast<double>(model.ops().ActivationPeakBytes()) * 1.25 + (64 << 20) +
+                  static_cast<double>(seqs + info.multiprocessors) * 64 * tiles *
+                      (c.kv_lora_rank * 4 + 8) +
+                  static_cast<double>(most) * (c.vocab_size + c.hidden_size) * 4;
+  }
   const double total = static_cast<double>(info.total_bytes);
   const double in_use = total - static_cast<double>(info.free_bytes);
   // Decode steps with long contexts split keys over the GPU's multiprocessors; the partial

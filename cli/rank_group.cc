@@ -34,6 +34,10 @@ std::vector<FlagSpec> ParallelFlags() {
        "tensor parallelism: attention heads, dense MLPs and shared experts split over this many "
        "ranks (1, or the number of ranks)",
        "1"},
+      {"dp-attention",
+       "with --ep-size N: each rank runs attention and the dense layers only for the sequences "
+       "it owns (by their first KV page); MoE layers exchange tokens by all-to-all",
+       "", true},
       {"nnodes", "cuda: nodes in the run, each with (ranks / nnodes) GPUs", "1"},
       {"node-rank", "cuda: this node's index (node 0 runs the server and the scheduler)", "0"},
       {"dist-init-addr",
@@ -53,6 +57,7 @@ absl::StatusOr<RankSetup> ParseRankSetup(const Flags& flags) {
   s.nnodes = static_cast<int>(nnodes);
   s.node_rank = static_cast<int>(node_rank);
   s.dist_init_addr = flags.Get("dist-init-addr");
+  s.dp_attention = flags.GetBool("dp-attention");
   s.cuda = flags.Get("device") == "cuda";
   s.exact_gemm = flags.Get("cuda-gemm") == "exact";
   s.model_dir = flags.Get("model");
@@ -81,6 +86,10 @@ absl::StatusOr<RankSetup> ParseRankSetup(const Flags& flags) {
       return absl::InvalidArgumentError("--nnodes > 1 needs --dist-init-addr host:port (node 0)");
     }
     DSERVE_RETURN_IF_ERROR(parallel::ParseHostPort(s.dist_init_addr).status());
+  }
+  if (s.dp_attention && (s.ep_size != w || s.tp_size != 1 || w == 1)) {
+    return absl::InvalidArgumentError(
+        "--dp-attention needs --ep-size > 1 (the number of ranks) and --tp-size 1");
   }
   if (s.node_rank > 0 && !s.parallel()) {
     return absl::InvalidArgumentError("--node-rank > 0 needs --ep-size or --tp-size > 1");
@@ -192,6 +201,7 @@ absl::StatusOr<std::unique_ptr<RankGroup>> RankGroup::Start(
     *leader_ops = std::move(ops[0]);
     leader_parallel->ep_size = setup.ep_size;
     leader_parallel->tp_size = setup.tp_size;
+    leader_parallel->dp_attention = setup.dp_attention;
     leader_parallel->comm = g->leader_comm_;
   }
   return g;
@@ -202,6 +212,7 @@ void RankGroup::RunFollower(int rank, std::unique_ptr<kernels::Ops> ops,
   models::ParallelConfig p;
   p.ep_size = setup_.ep_size;
   p.tp_size = setup_.tp_size;
+  p.dp_attention = setup_.dp_attention;
   p.comm = comm;
   absl::StatusOr<std::unique_ptr<models::DeepseekModel>> model =
       models::DeepseekModel::Load(setup_.model_dir, *ops, false, p);

@@ -24,11 +24,12 @@ class InProcessGroup;
 
 namespace dserve::cli {
 
-// --ep-size, --tp-size, --nnodes, --node-rank, --dist-init-addr.
+// --ep-size, --tp-size, --dp-attention, --nnodes, --node-rank, --dist-init-addr.
 std::vector<FlagSpec> ParallelFlags();
 
 struct RankSetup {
   int ep_size = 1, tp_size = 1, nnodes = 1, node_rank = 0;
+  bool dp_attention = false;
   std::string dist_init_addr;
   bool cuda = false;
   int threads = 1;  // CPU threads for all ranks together

@@ -118,7 +118,13 @@ class Ops {
   }
   virtual absl::StatusOr<std::unique_ptr<StepGraph>> EndStepGraph() {
     return absl::UnimplementedError(absl::StrCat("the ", std::string(name()), " backend has no step graphs"));
+  }  // Arena bytes a recording of `in` needs beyond its activations (the backend's own
+  // buffers, e.g. padded attention plans): the caller sizes the shared arena by the largest.
+  virtual absl::StatusOr<int64_t> StepGraphExtraBytes(const StepGraphInput& in) {
+    (void)in;
+    return int64_t{0};
   }
+
   // The most bytes of activations (Empty) alive at once since the last ResetActivationPeak
   // (0 where not tracked): sizes the step graphs' arena.
   virtual int64_t ActivationPeakBytes() const { return 0; }

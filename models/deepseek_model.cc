@@ -216,6 +216,18 @@ void DeepseekModel::Block(const BlockWeights& w, int layer, int cache_layer, con
   const ModelConfig& c = config_;
   const float eps = static_cast<float>(c.rms_norm_eps);
   const int64_t T = x.dim(0);
+  if (T == 0) {
+    // DP attention, a rank without rows this step: its experts still serve the others.
+    if (w.is_moe && parallel_.ep_size > 1) {
+      const int64_t K = c.num_experts_per_tok;
+      Tensor ids = ops_.Empty(DType::kI32, {0, K}), weights = ops_.Empty(DType::kF32, {0, K});
+      Tensor out = ops_.Empty(DType::kF32, {0, c.hidden_size});
+      ExpertParallelInput ep{&x, &ids, &weights, w.moe.experts, c.n_routed_experts, true};
+      absl::Status s = ExpertParallelMoe(ops_, *parallel_.comm, ep, out);
+      if (collective_error_.ok() && !s.ok()) collective_error_ = std::move(s);
+    }
+    return;
+  }
   Tensor h = ops_.Empty(DType::kF32, {T, c.hidden_size});
   ops_.RmsNorm(x, w.input_norm, eps, h);
   Tensor attn = Attention(w.attn, cache_layer, step, h);
@@ -235,7 +247,8 @@ void DeepseekModel::Block(const BlockWeights& w, int layer, int cache_layer, con
     if (parallel_.ep_size > 1) {
       // Every rank ends with every token's routed sum; the shared expert (TP-summed inside
       // Mlp when sharded) is added after it, as on one rank.
-      ExpertParallelInput ep{&h, &ids, &expert_weights, w.moe.experts, c.n_routed_experts};
+      ExpertParallelInput ep{&h,  &ids, &expert_weights, w.moe.experts, c.n_routed_experts,
+                             parallel_.dp_attention};
       absl::Status s = ExpertParallelMoe(ops_, *parallel_.comm, ep, ffn);
       if (collective_error_.ok() && !s.ok()) collective_error_ = std::move(s);
       if (shared) ops_.Add(ffn, Mlp(*shared, h));
@@ -329,6 +342,76 @@ void DeepseekModel::Trunk(const ForwardInput& in, LatentCache& cache, Tensor& hi
     Block(weights_.layers[layer], layer, layer, step, x);
   }
   ops_.RmsNorm(x, weights_.final_norm, static_cast<float>(c.rms_norm_eps), hidden);
+}
+
+kernels::AttentionBatch DeepseekModel::LocalRows::Batch() const {
+  kernels::AttentionBatch b;
+  b.positions = positions;
+  b.sequences = slices;
+  return b;
+}
+
+DeepseekModel::LocalRows DeepseekModel::SelectLocalRows(std::span<const int32_t> tokens,
+                                                        const AttentionBatch& batch) const {
+  LocalRows lr;
+  const int W = parallel_.world(), me = parallel_.rank();
+  std::vector<int64_t> count(W, 0);
+  std::vector<std::pair<int, int64_t>> where(tokens.size());  // batch row -> (rank, its row)
+  for (const kernels::SequenceSlice& s : batch.sequences) {
+    const int owner = parallel_.SliceOwner(s);
+    if (owner == me) {
+      kernels::SequenceSlice local = s;
+      local.row_begin = static_cast<int64_t>(lr.tokens.size());
+      lr.slices.push_back(local);
+    }
+    for (int64_t i = 0; i < s.num_tokens; ++i) {
+      const int64_t row = s.row_begin + i;
+      where[row] = {owner, count[owner]++};
+      if (owner == me) {
+        lr.tokens.push_back(tokens[row]);
+        lr.positions.push_back(batch.positions[row]);
+        lr.rows.push_back(static_cast<int32_t>(row));
+      }
+    }
+  }
+  lr.most = *std::max_element(count.begin(), count.end());
+  for (const auto& [owner, i] : where) {
+    lr.gathered.push_back(static_cast<int32_t>(owner * lr.most + i));
+  }
+  return lr;
+}
+
+Tensor DeepseekModel::GatherFromRanks(const Tensor& local, const LocalRows& lr, int64_t rows) {
+  const int64_t H = config_.hidden_size, mine = static_cast<int64_t>(lr.rows.size());
+  // Every rank's rows padded to the most any rank has, gathered to all, put in batch order.
+  Tensor padded = ops_.Empty(DType::kF32, {lr.most, H});
+  if (mine > 0) {
+    std::vector<int32_t> all_rows(static_cast<size_t>(mine));
+    std::iota(all_rows.begin(), all_rows.end(), 0);
+    Tensor head = padded.Rows(0, mine);
+    ops_.GatherRows(local, all_rows, head);
+  }
+  Tensor gathered = ops_.Empty(DType::kF32, {parallel_.world() * lr.most, H});
+  absl::Status s = parallel_.comm->AllGather(padded.raw(), lr.most * H * 4, gathered.raw());
+  if (collective_error_.ok() && !s.ok()) collective_error_ = std::move(s);
+  Tensor out = ops_.Empty(DType::kF32, {rows, H});
+  ops_.GatherRows(gathered, lr.gathered, out);
+  return out;
+}
+
+Tensor DeepseekModel::DpTrunk(const ForwardInput& in, LatentCache& cache) {
+  const ModelConfig& c = config_;
+  const LocalRows lr = SelectLocalRows(in.tokens, in.batch);
+  const int64_t mine = static_cast<int64_t>(lr.rows.size());
+  Tensor x = ops_.Empty(DType::kF32, {mine, c.hidden_size});
+  if (mine > 0) ops_.Embedding(weights_.embed, lr.tokens, x);
+  const AttentionBatch batch = lr.Batch();
+  const Step step = MakeStep(batch, in.mla_mode, cache, in.trace);
+  for (int layer = 0; layer < c.num_hidden_layers; ++layer) {
+    Block(weights_.layers[layer], layer, layer, step, x);
+  }
+  if (mine > 0) ops_.RmsNorm(x, weights_.final_norm, static_cast<float>(c.rms_norm_eps), x);
+  return GatherFromRanks(x, lr, static_cast<int64_t>(in.tokens.size()));
 }
 
 absl::Status DeepseekModel::Announce(RankCall call) {
@@ -442,9 +525,13 @@ absl::Status DeepseekModel::Forward(const ForwardInput& in, LatentCache& cache,
     call.SetBatch(in.tokens, in.batch, in.logit_rows, in.mla_mode);
     DSERVE_RETURN_IF_ERROR(Announce(std::move(call)));
   }
-  out->hidden = ops_.Empty(DType::kF32, {static_cast<int64_t>(in.tokens.size()),
-                                         config_.hidden_size});
-  Trunk(in, cache, out->hidden);
+  if (parallel_.dp_attention) {
+    out->hidden = DpTrunk(in, cache);
+  } else {
+    out->hidden = ops_.Empty(DType::kF32, {static_cast<int64_t>(in.tokens.size()),
+                                           config_.hidden_size});
+    Trunk(in, cache, out->hidden);
+  }
   Logits(weights_.lm_head, out->hidden, in.logit_rows, &out->logits);
   FlushExpertLoad();
   DSERVE_RETURN_IF_ERROR(TakeCollectiveError());
@@ -457,6 +544,7 @@ absl::Status DeepseekModel::ValidateForward(const ForwardInput& in, const Latent
 
 void DeepseekModel::ForwardOnDevice(const ForwardInput& in, LatentCache& cache, Tensor& logits,
                                     Tensor& hidden) {
+  DSERVE_CHECK(!parallel_.parallel()) << "a parallel model's step announces itself: use Forward";
   Trunk(in, cache, hidden);
   const int64_t n = static_cast<int64_t>(in.logit_rows.size());
   Tensor picked = ops_.Empty(DType::kF32, {n, config_.hidden_size});
@@ -507,8 +595,20 @@ absl::Status DeepseekModel::ForwardMtp(const MtpInput& in, LatentCache& cache,
   ops_.ConcatColumns(e, h, cat);
   Tensor x = ops_.Empty(DType::kF32, {T, c.hidden_size});
   ops_.Linear(cat, m.eh_proj, x);
-  const Step step = MakeStep(in.batch, in.mla_mode, cache, in.trace);
-  Block(m.block, c.num_hidden_layers, mtp_cache_layer(), step, x);
+  if (parallel_.dp_attention) {
+    // This rank's rows through the block, everyone's gathered back.
+    const LocalRows lr = SelectLocalRows(in.next_tokens, in.batch);
+    const int64_t mine = static_cast<int64_t>(lr.rows.size());
+    Tensor xl = ops_.Empty(DType::kF32, {mine, c.hidden_size});
+    if (mine > 0) ops_.GatherRows(x, lr.rows, xl);
+    const AttentionBatch batch = lr.Batch();
+    const Step step = MakeStep(batch, in.mla_mode, cache, in.trace);
+    Block(m.block, c.num_hidden_layers, mtp_cache_layer(), step, xl);
+    x = GatherFromRanks(xl, lr, T);
+  } else {
+    const Step step = MakeStep(in.batch, in.mla_mode, cache, in.trace);
+    Block(m.block, c.num_hidden_layers, mtp_cache_layer(), step, x);
+  }
   ops_.RmsNorm(x, m.head_norm, eps, x);
   Logits(m.head, x, in.logit_rows, logits);
   if (in.hidden_out) *in.hidden_out = std::move(x);

@@ -144,6 +144,22 @@ class DeepseekModel {
                 kernels::LatentCache& cache, const TraceFn& trace);
   // Embedding, every layer and the final norm into hidden [T, hidden].
   void Trunk(const ForwardInput& in, kernels::LatentCache& cache, Tensor& hidden);
+  // DP attention: the step's rows this rank owns, and where every rank's rows land when they
+  // are gathered back (every rank works this out from the whole batch).
+  struct LocalRows {
+    std::vector<int32_t> tokens, positions, rows;  // this rank's, rows: their batch rows
+    std::vector<kernels::SequenceSlice> slices;    // this rank's, renumbered from row 0
+    int64_t most = 0;                              // the most rows any rank owns
+    std::vector<int32_t> gathered;  // batch row -> row of the ranks' gathered rows
+    kernels::AttentionBatch Batch() const;
+  };
+  LocalRows SelectLocalRows(std::span<const int32_t> tokens,
+                            const kernels::AttentionBatch& batch) const;
+  // Every rank's rows of `local` [its rows, hidden] back in batch order, on every rank.
+  Tensor GatherFromRanks(const Tensor& local, const LocalRows& lr, int64_t rows);
+  // The embedding and every layer for this rank's rows only; the hidden states [T, hidden] of
+  // every row, on every rank.
+  Tensor DpTrunk(const ForwardInput& in, kernels::LatentCache& cache);
   // x [T, hidden] goes through one decoder block in place.
   void Block(const BlockWeights& w, int layer, int cache_layer, const Step& step, Tensor& x);
   Tensor Attention(const AttentionWeights& w, int cache_layer, const Step& step, const Tensor& h);

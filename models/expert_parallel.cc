@@ -36,8 +36,9 @@ absl::Status ExpertParallelMoe(kernels::Ops& ops, parallel::Communicator& comm,
 
   // This rank's home tokens and their pairs, by (expert, token): the owners' slices are
   // contiguous and ascending, so this is also by owner.
-  const int64_t share = (T + W - 1) / W;
-  const int64_t t0 = std::min(T, share * rank), t1 = std::min(T, t0 + share);
+  const int64_t share = in.local_tokens ? T : (T + W - 1) / W;
+  const int64_t t0 = in.local_tokens ? 0 : std::min(T, share * rank);
+  const int64_t t1 = std::min(T, t0 + share);
   std::vector<int32_t> ids(static_cast<size_t>(T * K));
   std::vector<float> weights(static_cast<size_t>(T * K));
   if (T > 0) {
@@ -111,8 +112,9 @@ absl::Status ExpertParallelMoe(kernels::Ops& ops, parallel::Communicator& comm,
   DSERVE_RETURN_IF_ERROR(
       comm.AllToAllV(y.raw(), bytes(recv_rows, H * 4), back.raw(), bytes(send_rows, H * 4)));
 
-  // Combine this rank's tokens in the MoE op's order, then every rank's shares to everyone.
-  Tensor mine = ops.Empty(DType::kF32, {share, H});
+  // Combine this rank's tokens in the MoE op's order, then (tokens shared by all ranks) every
+  // rank's shares to everyone.
+  Tensor mine = in.local_tokens ? out : ops.Empty(DType::kF32, {share, H});
   ops.SetZero(mine);
   std::vector<int32_t> targets(S);
   std::vector<float> scales(S);
@@ -121,6 +123,10 @@ absl::Status ExpertParallelMoe(kernels::Ops& ops, parallel::Communicator& comm,
     scales[i] = pairs[i].weight;
   }
   if (S > 0) ops.AddWeightedRows(back, targets, scales, mine);
+  if (in.local_tokens) {
+    note(ops.TakeError());
+    return error;
+  }
   Tensor all = ops.Empty(DType::kF32, {W * share, H});
   note(ops.TakeError());
   DSERVE_RETURN_IF_ERROR(comm.AllGather(mine.raw(), share * H * 4, all.raw()));

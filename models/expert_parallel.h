@@ -23,10 +23,13 @@ struct ExpertParallelInput {
   const Tensor* weights = nullptr;  // [T, top_k] F32
   std::span<const kernels::MlpWeights> local_experts;  // this rank's slice, in order
   int64_t num_experts = 0;                             // all ranks' together
+  // DP attention: x holds this rank's own tokens (any count, 0 too); out gets theirs and no
+  // all-gather follows.
+  bool local_tokens = false;
 };
 
 // Sum over each token's pairs of weight * expert(x) into out [T, hidden] (overwritten).
-// Collective: every rank of `comm` calls it with the same T.
+// Collective: every rank of `comm` calls it (with the same T unless local_tokens).
 absl::Status ExpertParallelMoe(kernels::Ops& ops, parallel::Communicator& comm,
                                const ExpertParallelInput& in, Tensor& out);
 

@@ -12,7 +12,12 @@ absl::Status ParallelConfig::Validate(const ModelConfig& m) const {
     return absl::InvalidArgumentError(
         absl::StrCat("--ep-size and --tp-size must be >= 1, got ", ep_size, " and ", tp_size));
   }
-  if (!parallel()) return absl::OkStatus();
+  if (!parallel()) {
+    if (dp_attention) {
+      return absl::InvalidArgumentError("--dp-attention needs --ep-size > 1");
+    }
+    return absl::OkStatus();
+  }
   if (comm == nullptr) {
     return absl::InvalidArgumentError("a parallel model needs a communicator");
   }
@@ -21,6 +26,10 @@ absl::Status ParallelConfig::Validate(const ModelConfig& m) const {
     return absl::InvalidArgumentError(absl::StrCat(
         "--ep-size (", ep_size, ") and --tp-size (", tp_size,
         ") must each be 1 or the number of ranks (", w, ")"));
+  }
+  if (dp_attention && (ep_size != w || tp_size != 1)) {
+    return absl::InvalidArgumentError(
+        "--dp-attention needs --ep-size equal to the number of ranks and --tp-size 1");
   }
   if (ep_size > 1 && (m.n_routed_experts == 0 || m.n_routed_experts % ep_size != 0)) {
     return absl::InvalidArgumentError(absl::StrCat("--ep-size ", ep_size, " must divide the ",
@@ -49,7 +58,8 @@ absl::Status ParallelConfig::Validate(const ModelConfig& m) const {
 }
 
 std::string ParallelConfig::Describe() const {
-  return absl::StrCat("EP ", ep_size, ", TP ", tp_size, ", rank ", rank(), " of ", world());
+  return absl::StrCat("EP ", ep_size, ", TP ", tp_size, dp_attention ? ", DP attention" : "",
+                      ", rank ", rank(), " of ", world());
 }
 
 }  // namespace dserve::models

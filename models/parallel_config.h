@@ -10,6 +10,7 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "kernels/latent_cache.h"
 #include "models/config.h"
 #include "parallel/communicator.h"
 
@@ -18,6 +19,10 @@ namespace dserve::models {
 struct ParallelConfig {
   int ep_size = 1;
   int tp_size = 1;
+  // Attention (and the dense layers) data-parallel: every rank runs them only for the
+  // sequences it owns (SliceOwner), whose latents only its cache holds; MoE layers exchange
+  // the tokens by EP's all-to-all. Needs EP over every rank and no TP.
+  bool dp_attention = false;
   parallel::Communicator* comm = nullptr;  // the group (required when ep_size or tp_size > 1)
 
   int world() const { return comm ? comm->size() : 1; }
@@ -28,9 +33,15 @@ struct ParallelConfig {
   // This rank's share [first, first + count) of `total` (total divisible by `parts`).
   static int64_t First(int64_t total, int parts, int index) { return total / parts * index; }
 
+  // DP attention: the rank owning a sequence, by its first cache page (stable for its life,
+  // and shared by the sequences that share its prefix pages or fork from it).
+  int SliceOwner(const kernels::SequenceSlice& s) const {
+    return s.block_table.empty() ? 0 : s.block_table[0] % world();
+  }
+
   // The sizes divide what they split, and the group matches them; errors name the flag.
   absl::Status Validate(const ModelConfig& model) const;
-  std::string Describe() const;  // "EP 4, TP 1, rank 2 of 4"
+  std::string Describe() const;  // "EP 4, TP 1, DP attention, rank 2 of 4"
 };
 
 }  // namespace dserve::models

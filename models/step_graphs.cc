@@ -92,7 +92,16 @@ absl::StatusOr<std::unique_ptr<StepGraphs>> StepGraphs::Capture(DeepseekModel& m
         "the expert-load counters could not be placed on the device");
   }
   // Room for fragmentation: first fit over the same allocations is not the pool's placement.
-  const int64_t arena = ops.ActivationPeakBytes() / 4 * 5 + (64 << 20);
+  // Plus the most any shape's backend buffers need (a padded plan's workspace depends on the
+  // rows per sequence, not only on the total), so the first recording sizes the one arena.
+  int64_t extra = 0;
+  for (const auto& [batch, rows] : shapes) {
+    const ForwardInput in = graphs->MakeScratchStep(batch, rows, false);
+    kernels::StepGraphInput si{in.tokens, &in.batch, in.logit_rows, &cache, model.local_heads()};
+    DSERVE_ASSIGN_OR_RETURN(const int64_t bytes, ops.StepGraphExtraBytes(si));
+    extra = std::max(extra, bytes);
+  }
+  const int64_t arena = ops.ActivationPeakBytes() / 4 * 5 + (64 << 20) + extra;
   const int64_t most = shapes[0].first * shapes[0].second;
   graphs->logits_ = ops.Empty(DType::kF32, {most, model.config().vocab_size});
   graphs->hidden_ = ops.Empty(DType::kF32, {most, model.config().hidden_size});
@@ -148,6 +157,10 @@ ForwardInput StepGraphs::MakeScratchStep(int64_t batch, int64_t rows, bool longe
     batch_.sequences.push_back({b * rows, rows, cached, scratch_table_});
     for (int64_t i = 0; i < rows; ++i) positions_[b * rows + i] = static_cast<int32_t>(cached + i);
   }
+  return Input();
+}
+
+ForwardInput StepGraphs::Input() const {
   ForwardInput in;
   in.tokens = tokens_;
   in.batch.positions = positions_;
@@ -201,12 +214,7 @@ ForwardInput StepGraphs::Pad(const ForwardInput& in, int64_t batch) {
   }
   logit_rows_.resize(batch * rows);
   std::iota(logit_rows_.begin(), logit_rows_.end(), 0);
-  ForwardInput out;
-  out.tokens = tokens_;
-  out.batch.positions = positions_;
-  out.batch.sequences = batch_.sequences;
-  out.logit_rows = logit_rows_;
-  return out;
+  return Input();
 }
 
 absl::Status StepGraphs::Run(const ForwardInput& in, ForwardOutput* out) {

@@ -72,6 +72,8 @@ class StepGraphs {
   ForwardInput MakeScratchStep(int64_t batch, int64_t rows, bool longest);
   // `in` padded to `batch` sequences, in the members below.
   ForwardInput Pad(const ForwardInput& in, int64_t batch);
+  // The step the members below hold.
+  ForwardInput Input() const;
   absl::Status Record(int64_t batch, int64_t rows, int64_t arena_bytes);
 
   DeepseekModel& model_;

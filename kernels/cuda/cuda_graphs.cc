@@ -76,6 +76,21 @@ absl::Status CudaOps::BuildStepInputs(const StepGraphInput& in, StepInputImage* 
   return absl::OkStatus();
 }
 
+int64_t CudaOps::PlanWorkspaceBytes(const StepInputImage& im, int64_t kv_lora) {
+  int64_t bytes = 0;
+  for (const MlaDecodePlan& plan : im.plans) {
+    bytes += static_cast<int64_t>(MlaDecodeWorkspaceBytes(plan.schedule, kv_lora));
+  }
+  return bytes;
+}
+
+absl::StatusOr<int64_t> CudaOps::StepGraphExtraBytes(const StepGraphInput& in) {
+  DSERVE_RETURN_IF_ERROR(CheckInput(in));
+  StepInputImage im;
+  DSERVE_RETURN_IF_ERROR(BuildStepInputs(in, &im));
+  return PlanWorkspaceBytes(im, in.cache->shape().kv_lora_rank);
+}
+
 absl::Status CudaOps::BeginStepGraph(const StepGraphInput& in, int64_t arena_bytes) {
   if (capturing_) return absl::FailedPreconditionError("a step graph is already being recorded");
   DSERVE_RETURN_IF_ERROR(CheckInput(in));
@@ -85,13 +100,12 @@ absl::Status CudaOps::BeginStepGraph(const StepGraphInput& in, int64_t arena_byt
   auto graph = std::make_unique<CudaStepGraph>(*this);
   StepInputImage im;
   DSERVE_RETURN_IF_ERROR(BuildStepInputs(in, &im));
-  // The caller's estimate (an eager step's activations) plus the split workspace of the padded
-  // attention plans, larger than an eager step's. Graphs recorded largest first share one.
+  // The caller's size (StepGraphArenaBytes of its largest shape plus its activations); at
+  // least what this recording's padded plans take. Whole 256-byte units, as the allocator
+  // counts, so the same request finds the same arena again.
   int64_t need = std::max<int64_t>(arena_bytes, 1 << 20);
-  for (const MlaDecodePlan& plan : im.plans) {
-    need += static_cast<int64_t>(
-        MlaDecodeWorkspaceBytes(plan.schedule, in.cache->shape().kv_lora_rank));
-  }
+  need = std::max(need, PlanWorkspaceBytes(im, in.cache->shape().kv_lora_rank));
+  need = (need + 255) / 256 * 256;
   std::shared_ptr<GraphArena> arena = arena_.lock();
   if (!arena || arena->alloc.capacity() < need) {
     arena = std::make_shared<GraphArena>(need);
@@ -154,7 +168,13 @@ absl::Status CudaOps::BeginStepGraph(const StepGraphInput& in, int64_t arena_byt
   for (DecodePlan& plan : decode_plans_) plan.seqs.clear();
   // Relaxed: the recorded ops may make calls that are legal outside a graph (a kernel's
   // shared-memory attribute); anything that would wait on the GPU still fails the recording.
-  DSERVE_CUDA_RETURN_IF_ERROR(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeRelaxed));
+  if (const cudaError_t e = cudaStreamBeginCapture(stream_, cudaStreamCaptureModeRelaxed);
+      e != cudaSuccess) {
+    input_regions_.clear();
+    recorded_image_.clear();
+    recording_inputs_ = nullptr;
+    return CudaStatus(e, "cudaStreamBeginCapture", __FILE__, __LINE__);
+  }
   recording_arena_ = std::move(arena);
   recording_ = std::move(graph);
   capturing_ = true;

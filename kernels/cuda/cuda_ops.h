@@ -65,6 +65,7 @@ class CudaOps final : public Ops {
   // activations come from the arena. Graphs must be destroyed before this backend.
   absl::Status BeginStepGraph(const StepGraphInput& in, int64_t arena_bytes) override;
   absl::StatusOr<std::unique_ptr<StepGraph>> EndStepGraph() override;
+  absl::StatusOr<int64_t> StepGraphExtraBytes(const StepGraphInput& in) override;
   int64_t ActivationPeakBytes() const override { return activations_->peak.load(); }
   void ResetActivationPeak() override { activations_->peak.store(activations_->live.load()); }
 
@@ -138,6 +139,8 @@ class CudaOps final : public Ops {
     MlaDecodePlan plans[2];
   };
   absl::Status BuildStepInputs(const StepGraphInput& in, StepInputImage* image) const;
+  // The split workspace of an image's padded MLA plans (a recording's, in the arena).
+  static int64_t PlanWorkspaceBytes(const StepInputImage& image, int64_t kv_lora);
   // Where each staged slot's bytes sit in a graph's input buffer.
   struct InputRegion {
     size_t offset = 0, capacity = 0;

@@ -116,7 +116,8 @@ TEST(CliTest, ParallelGeneratePrintsTheReferenceContinuation) {
   const auto ref = testing::ReadNpz(TestdataPath("micro-v3") + "/reference.npz");
   const std::string want = absl::StrJoin(ref.at("generated").AsInts(), ",") + "\n";
   for (const char* split : {"--ep-size 2", "--ep-size 4", "--tp-size 2", "--ep-size 2 --tp-size 2",
-                            "--ep-size 2 --speculative mtp", "--tp-size 2 --speculative mtp"}) {
+                            "--ep-size 2 --speculative mtp", "--tp-size 2 --speculative mtp",
+                            "--ep-size 2 --dp-attention --speculative mtp"}) {
     const Result r = Dserve(absl::StrCat("generate --model ", TestdataPath("micro-v3"),
                                          " --tokens ", ReferenceTokens("micro-v3"),
                                          " --max-tokens 8 --ignore-eos ", split));
@@ -177,6 +178,8 @@ TEST(CliTest, BadInputGetsAClearErrorAndNonZeroExit) {
        "--nnodes > 1 needs --device cuda"},
       {"generate --model " + v3 + " --tokens 1 --ep-size 2 --node-rank 3", 2,
        "--node-rank 3 is not one of the 1 nodes"},
+      {"generate --model " + v3 + " --tokens 1 --tp-size 2 --dp-attention", 2,
+       "--dp-attention needs --ep-size > 1"},
       {"generate --model /nonexistent/model --tokens 1", 2, "/nonexistent/model/config.json"},
       {"logits --model " + TestdataPath("micro-v2") + " --tokens 1,2 --out /tmp/x.npy --mtp-out "
        "/tmp/y.npy",

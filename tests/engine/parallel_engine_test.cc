@@ -1,8 +1,8 @@
 // The engine driving a parallel model — rank 0 runs the scheduler and announces every step,
 // the other ranks follow in threads (models::DeepseekModel::Follow) — gives the single-rank
-// engine's tokens: tiny-v3 with EP 2, EP 4 and TP 2, over chunked prefills, prefix-cache hits,
-// n = 2 samples (their copy-on-write page copies must reach the followers' caches) and MTP
-// drafts (the leader's hidden states go to the followers).
+// engine's tokens: tiny-v3 with EP 2, EP 4, TP 2 and EP 2 / 4 with DP attention, over chunked
+// prefills, prefix-cache hits, n = 2 samples (their copy-on-write page copies must reach the
+// followers' caches) and MTP drafts (the leader's hidden states go to the followers).
 #include <gtest/gtest.h>
 
 #include <map>
@@ -37,6 +37,17 @@ std::vector<Request> Requests() {
     r.params.max_tokens = 9;
     r.params.ignore_eos = true;
     r.params.n = i == 2 ? 2 : 1;
+    r.detokenize = false;
+    requests.push_back(std::move(r));
+  }
+  // Prompts of their own: with DP attention they start on pages of their own and so spread
+  // over the ranks (the ones above share their first page and live on one rank).
+  for (int i = 0; i < 4; ++i) {
+    Request r;
+    for (int j = 0; j < 20 + 9 * i; ++j) r.prompt.push_back(token(rng));
+    r.params.temperature = 0.0f;
+    r.params.max_tokens = 7;
+    r.params.ignore_eos = true;
     r.detokenize = false;
     requests.push_back(std::move(r));
   }
@@ -78,12 +89,13 @@ Tokens Drive(models::DeepseekModel& model) {
   return tokens;
 }
 
-Tokens RunParallel(const std::string& dir, int world, int ep, int tp) {
+Tokens RunParallel(const std::string& dir, int world, int ep, int tp, bool dp) {
   parallel::InProcessGroup group(world);
   auto parallel_config = [&](int r) {
     models::ParallelConfig p;
     p.ep_size = ep;
     p.tp_size = tp;
+    p.dp_attention = dp;
     p.comm = &group.rank(r);
     return p;
   };
@@ -120,13 +132,17 @@ TEST(ParallelEngineTest, LeaderAndFollowersGiveTheSingleRanksTokens) {
     ASSERT_TRUE(model.ok()) << model.status();
     want = Drive(**model);
   }
-  ASSERT_EQ(want.size(), 6u);  // five requests, one with two samples
+  ASSERT_EQ(want.size(), 10u);  // nine requests, one with two samples
   struct Split {
     int world, ep, tp;
+    bool dp;
   };
-  for (const Split s : {Split{2, 2, 1}, Split{4, 4, 1}, Split{2, 1, 2}}) {
-    SCOPED_TRACE(absl::StrCat("EP ", s.ep, ", TP ", s.tp));
-    EXPECT_EQ(RunParallel(dir, s.world, s.ep, s.tp), want);
+  // With DP attention the sequences spread over the ranks by their first page; prefix hits
+  // and forks stay with the rank holding the shared pages.
+  for (const Split s : {Split{2, 2, 1, false}, Split{4, 4, 1, false}, Split{2, 1, 2, false},
+                        Split{2, 2, 1, true}, Split{4, 4, 1, true}}) {
+    SCOPED_TRACE(absl::StrCat("EP ", s.ep, ", TP ", s.tp, s.dp ? ", DP attention" : ""));
+    EXPECT_EQ(RunParallel(dir, s.world, s.ep, s.tp, s.dp), want);
   }
 }
 

@@ -119,7 +119,8 @@ class GraphedDecode {
 TEST(StepGraphsTest, ReplayGivesTheEagerLogitsBitForBit) {
   DSERVE_SKIP_WITHOUT_GPU();
   const std::string& dir = PresetDir("small-v3");
-  for (const DType dtype : {DType::kBF16, DType::kF8E4M3}) {
+  // F32 caches take the F32 attention kernel (no split plan): every graph shares one arena.
+  for (const DType dtype : {DType::kBF16, DType::kF8E4M3, DType::kF32}) {
     SCOPED_TRACE(std::string(DTypeName(dtype)) + " cache");
     auto ops = CudaOps::Create({0, GemmMode::kTensorCores});
     ASSERT_TRUE(ops.ok()) << ops.status();
@@ -160,7 +161,22 @@ TEST(StepGraphsTest, ReplayGivesTheEagerLogitsBitForBit) {
       const models::ForwardInput in = real.Input();
       ASSERT_TRUE((*graphs)->Covers(in));
       models::ForwardOutput graphed;
+      const auto load_before = (*model)->expert_load().Snapshot();
       ASSERT_TRUE((*graphs)->Run(in, &graphed).ok());
+      // Only the real rows' routing counts (the padding rows route too).
+      const auto load_after = (*model)->expert_load().Snapshot();
+      for (size_t layer = 0; layer < load_after.size(); ++layer) {
+        // The MTP layer's entry (numbered after the main layers) is not in a main step.
+        if ((*model)->expert_load().layers()[layer] == (*model)->config().num_hidden_layers) {
+          continue;
+        }
+        int64_t added = 0;
+        for (size_t e = 0; e < load_after[layer].size(); ++e) {
+          added += load_after[layer][e] - load_before[layer][e];
+        }
+        EXPECT_EQ(added, c.n * c.rows * (*model)->config().num_experts_per_tok)
+            << "MoE layer " << layer;
+      }
       const int64_t n_rows = c.n * c.rows;
       ASSERT_EQ(static_cast<int64_t>(graphed.logits.size()), n_rows * vocab);
       ASSERT_EQ(graphed.hidden.dim(0), n_rows);
@@ -190,6 +206,14 @@ TEST(StepGraphsTest, ReplayGivesTheEagerLogitsBitForBit) {
     in.trace = [](const models::LayerTrace&) {};
     EXPECT_FALSE((*graphs)->Covers(in));
     graphs->reset();  // before the backend
+
+    // A step's row limit drops the shapes it cannot hold: (8 sequences x 4 rows) > 8 rows.
+    o.batch_sizes = {2, 8};
+    o.rows_per_sequence = {1, 4};
+    o.max_rows_per_step = 8;
+    auto capped = models::StepGraphs::Capture(**model, *cache, o);
+    ASSERT_TRUE(capped.ok()) << capped.status();
+    EXPECT_EQ((*capped)->num_graphs(), 3);
   }
 }
 

@@ -38,7 +38,7 @@ struct RankResult {
 
 // Loads the model on `world` ranks (or one, unsplit, with world 0); rank 0 runs the greedy
 // decode while the others follow its calls (DeepseekModel::Follow), as the engine's ranks do.
-std::vector<RankResult> RunRanks(const std::string& dir, int world, int ep, int tp,
+std::vector<RankResult> RunRanks(const std::string& dir, int world, int ep, int tp, bool dp,
                                  const std::vector<int32_t>& prompt) {
   const int n = std::max(world, 1);
   std::vector<RankResult> results(n);
@@ -49,6 +49,7 @@ std::vector<RankResult> RunRanks(const std::string& dir, int world, int ep, int 
     if (world > 0) {
       p.ep_size = ep;
       p.tp_size = tp;
+      p.dp_attention = dp;
       p.comm = &group.rank(r);
     }
     absl::StatusOr<std::unique_ptr<DeepseekModel>> model = DeepseekModel::Load(dir, ops, false, p);
@@ -107,14 +108,16 @@ double MaxRelativeError(const std::vector<float>& got, const std::vector<float>&
   return err / scale;
 }
 
-void ExpectMatchesOneRank(const std::string& preset, int world, int ep, int tp) {
-  SCOPED_TRACE(absl::StrCat(preset, ": EP ", ep, ", TP ", tp, " on ", world, " ranks"));
+void ExpectMatchesOneRank(const std::string& preset, int world, int ep, int tp,
+                          bool dp = false) {
+  SCOPED_TRACE(absl::StrCat(preset, ": EP ", ep, ", TP ", tp, dp ? ", DP attention" : "", " on ",
+                            world, " ranks"));
   const std::string& dir = PresetDir(preset);
   std::vector<int32_t> prompt;
   for (int i = 0; i < 37; ++i) prompt.push_back((i * 7919 + 13) % 129280);
-  const std::vector<RankResult> one = RunRanks(dir, 0, 1, 1, prompt);
+  const std::vector<RankResult> one = RunRanks(dir, 0, 1, 1, false, prompt);
   ASSERT_TRUE(one[0].status.ok()) << one[0].status;
-  const std::vector<RankResult> many = RunRanks(dir, world, ep, tp, prompt);
+  const std::vector<RankResult> many = RunRanks(dir, world, ep, tp, dp, prompt);
   for (int r = 0; r < world; ++r) {
     ASSERT_TRUE(many[r].status.ok()) << "rank " << r << ": " << many[r].status;
     for (size_t layer = 0; layer < many[r].experts_per_layer.size(); ++layer) {
@@ -136,8 +139,8 @@ void ExpectMatchesOneRank(const std::string& preset, int world, int ep, int tp) 
     }
   }
   EXPECT_LE(worst, 1e-5);
-  std::printf("%s EP %d TP %d: max |logit - one rank's| / max |logit| %.3g\n", preset.c_str(), ep,
-              tp, worst);
+  std::printf("%s EP %d TP %d%s: max |logit - one rank's| / max |logit| %.3g\n", preset.c_str(),
+              ep, tp, dp ? " DP" : "", worst);
 }
 
 TEST(ParallelModelTest, ExpertParallelTinyV3) {
@@ -154,6 +157,13 @@ TEST(ParallelModelTest, SixtyFourExperts) {
   ExpectMatchesOneRank("tiny-v3-e64", 4, 4, 1);
   ExpectMatchesOneRank("tiny-v3-e64", 8, 8, 1);
   ExpectMatchesOneRank("tiny-v3-e64", 2, 2, 2);
+}
+
+// DP attention: one sequence lives on one rank (the others have no rows and only serve their
+// experts); the batch-invariant kernels keep every row's result the single rank's.
+TEST(ParallelModelTest, DataParallelAttention) {
+  ExpectMatchesOneRank("tiny-v3", 2, 2, 1, true);
+  ExpectMatchesOneRank("tiny-v3-e64", 4, 4, 1, true);
 }
 
 TEST(ParallelModelTest, BadSplitsAreRefusedNamingTheFlag) {
@@ -179,6 +189,14 @@ TEST(ParallelModelTest, BadSplitsAreRefusedNamingTheFlag) {
   model = DeepseekModel::Load(dir, ops, false, p);
   ASSERT_FALSE(model.ok());
   EXPECT_NE(model.status().message().find("must each be 1 or the number of ranks (3)"),
+            std::string::npos)
+      << model.status();
+  p.tp_size = 1;
+  p.comm = nullptr;
+  p.dp_attention = true;
+  model = DeepseekModel::Load(dir, ops, false, p);
+  ASSERT_FALSE(model.ok());
+  EXPECT_NE(model.status().message().find("--dp-attention needs --ep-size > 1"),
             std::string::npos)
       << model.status();
 }
