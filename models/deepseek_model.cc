@@ -532,7 +532,12 @@ absl::Status DeepseekModel::Forward(const ForwardInput& in, LatentCache& cache,
                                            config_.hidden_size});
     Trunk(in, cache, out->hidden);
   }
-  Logits(weights_.lm_head, out->hidden, in.logit_rows, &out->logits);
+  // Only the leader samples: the other ranks of a parallel model skip the LM head.
+  if (leader()) {
+    Logits(weights_.lm_head, out->hidden, in.logit_rows, &out->logits);
+  } else {
+    out->logits.clear();
+  }
   FlushExpertLoad();
   DSERVE_RETURN_IF_ERROR(TakeCollectiveError());
   return ops_.TakeError();
@@ -610,7 +615,11 @@ absl::Status DeepseekModel::ForwardMtp(const MtpInput& in, LatentCache& cache,
     Block(m.block, c.num_hidden_layers, mtp_cache_layer(), step, x);
   }
   ops_.RmsNorm(x, m.head_norm, eps, x);
-  Logits(m.head, x, in.logit_rows, logits);
+  if (leader()) {
+    Logits(m.head, x, in.logit_rows, logits);
+  } else {
+    logits->clear();
+  }
   if (in.hidden_out) *in.hidden_out = std::move(x);
   FlushExpertLoad();
   DSERVE_RETURN_IF_ERROR(TakeCollectiveError());

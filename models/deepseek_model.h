@@ -104,6 +104,7 @@ class DeepseekModel {
   absl::Status StopFollowers();
 
   // One forward step over a flattened batch; writes each new token's latent into the cache.
+  // On ranks other than a parallel model's leader out->logits stays empty.
   absl::Status Forward(const ForwardInput& in, kernels::LatentCache& cache, ForwardOutput* out);
   // Forward in two halves, for step graphs (step_graphs.h): the device work from the
   // embedding to the logits of in.logit_rows, nothing copied to the host and nothing waited
