@@ -21,6 +21,7 @@ namespace {
 
 // How long nodes wait for each other at start-up (loading a checkpoint can take minutes).
 constexpr std::chrono::minutes kRendezvousTimeout{15};
+constexpr char kLoaded[] = "load its part of the model (its error is above)";
 
 }  // namespace
 
@@ -95,20 +96,6 @@ absl::StatusOr<RankSetup> ParseRankSetup(const Flags& flags) {
     return absl::InvalidArgumentError("--node-rank > 0 needs --ep-size or --tp-size > 1");
   }
   return s;
-}
-
-absl::Status AgreeLoaded(kernels::Ops& ops, parallel::Communicator& comm,
-                         const absl::Status& mine) {
-  DSERVE_ASSIGN_OR_RETURN(const std::vector<int32_t> all,
-                          models::AllGatherInts(ops, comm, {mine.ok() ? 0 : 1}));
-  if (!mine.ok()) return mine;
-  for (size_t r = 0; r < all.size(); ++r) {
-    if (all[r] != 0) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("rank ", r, " could not load its part of the model (its error is above)"));
-    }
-  }
-  return absl::OkStatus();
 }
 
 RankGroup::RankGroup(const RankSetup& setup) : setup_(setup) {}
@@ -220,7 +207,8 @@ void RankGroup::RunFollower(int rank, std::unique_ptr<kernels::Ops> ops,
     std::fprintf(stderr, "dserve: rank %d: %s\n", rank,
                  std::string(model.status().message()).c_str());
   }
-  absl::Status s = AgreeLoaded(*ops, *comm, model.status());
+  absl::Status s = models::AgreeAllRanks(*ops, *comm, model.status(),
+                                          absl::StatusCode::kFailedPrecondition, kLoaded);
   if (s.ok()) s = (*model)->Follow();
   if (!s.ok() && model.ok()) {
     std::fprintf(stderr, "dserve: rank %d: %s\n", rank, std::string(s.message()).c_str());
@@ -229,7 +217,8 @@ void RankGroup::RunFollower(int rank, std::unique_ptr<kernels::Ops> ops,
 }
 
 absl::Status RankGroup::LeaderLoaded(kernels::Ops& ops, const absl::Status& loaded) {
-  return AgreeLoaded(ops, *leader_comm_, loaded);
+  return models::AgreeAllRanks(ops, *leader_comm_, loaded, absl::StatusCode::kFailedPrecondition,
+                               kLoaded);
 }
 
 absl::Status RankGroup::Join() {

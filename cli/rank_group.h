@@ -64,16 +64,11 @@ class RankGroup {
 
   RankSetup setup_;
   std::unique_ptr<parallel::InProcessGroup> in_process_;
-  std::vector<std::unique_ptr<kernels::Ops>> rank_ops_;
   std::vector<std::unique_ptr<parallel::Communicator>> owned_comms_;  // NCCL
   parallel::Communicator* leader_comm_ = nullptr;
   std::vector<std::thread> followers_;
   std::vector<absl::Status> follower_status_;
   bool joined_ = false;
 };
-
-// Every rank's load status through a collective: OK if all loaded, else the first failure.
-absl::Status AgreeLoaded(kernels::Ops& ops, parallel::Communicator& comm,
-                         const absl::Status& mine);
 
 }  // namespace dserve::cli

@@ -26,7 +26,6 @@ class ArenaAllocator {
   // The most bytes in use at once since construction or ResetPeak.
   int64_t peak_bytes() const { return peak_; }
   void ResetPeak() { peak_ = used_; }
-  int64_t num_blocks() const { return static_cast<int64_t>(blocks_.size()); }
 
  private:
   int64_t capacity_, alignment_;

@@ -431,20 +431,9 @@ absl::StatusOr<LatentCache> DeepseekModel::NewLatentCache(const kernels::LatentC
   DSERVE_RETURN_IF_ERROR(Announce(std::move(call)));
   absl::StatusOr<LatentCache> cache = ops_.NewLatentCache(shape);
   // Every rank must have its cache before any step: a rank that could not make one fails all.
-  DSERVE_RETURN_IF_ERROR(AgreeAllRanks(cache.status(), "make its KV cache"));
+  DSERVE_RETURN_IF_ERROR(AgreeAllRanks(ops_, *parallel_.comm, cache.status(),
+                      absl::StatusCode::kResourceExhausted, "make its KV cache"));
   return cache;
-}
-
-absl::Status DeepseekModel::AgreeAllRanks(const absl::Status& mine, const char* what) {
-  DSERVE_ASSIGN_OR_RETURN(const std::vector<int32_t> all,
-                          AllGatherInts(ops_, *parallel_.comm, {mine.ok() ? 0 : 1}));
-  if (!mine.ok()) return mine;
-  for (size_t r = 0; r < all.size(); ++r) {
-    if (all[r] != 0) {
-      return absl::ResourceExhaustedError(absl::StrCat("rank ", r, " could not ", what));
-    }
-  }
-  return absl::OkStatus();
 }
 
 void DeepseekModel::CopyCachePage(LatentCache& cache, int32_t src, int32_t dst) {
@@ -476,7 +465,8 @@ absl::Status DeepseekModel::Follow() {
         follower_cache_.reset();  // the old one goes first, as the leader's did
         absl::StatusOr<LatentCache> cache = ops_.NewLatentCache(call.shape);
         if (cache.ok()) follower_cache_ = std::move(cache).value();
-        step = AgreeAllRanks(cache.status(), "make its KV cache");
+        step = AgreeAllRanks(ops_, *parallel_.comm, cache.status(),
+                      absl::StatusCode::kResourceExhausted, "make its KV cache");
         break;
       }
       case RankCall::kForward: {

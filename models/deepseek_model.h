@@ -186,9 +186,6 @@ class DeepseekModel {
   std::optional<kernels::LatentCache> follower_cache_;
   // Leader of a parallel model: tells the other ranks what it is about to run.
   absl::Status Announce(RankCall call);
-  // Collective: OK on every rank if every rank's `mine` is OK, else an error naming a rank
-  // that could not do `what`.
-  absl::Status AgreeAllRanks(const absl::Status& mine, const char* what);
   std::unique_ptr<Checkpoint> checkpoint_;
   ModelWeights weights_;
   kernels::Ops& ops_;

@@ -30,8 +30,6 @@ struct ParallelConfig {
   bool parallel() const { return ep_size > 1 || tp_size > 1; }
   int ep_rank() const { return ep_size > 1 ? rank() : 0; }
   int tp_rank() const { return tp_size > 1 ? rank() : 0; }
-  // This rank's share [first, first + count) of `total` (total divisible by `parts`).
-  static int64_t First(int64_t total, int parts, int index) { return total / parts * index; }
 
   // DP attention: the rank owning a sequence, by its first cache page (stable for its life,
   // and shared by the sequences that share its prefix pages or fork from it).

@@ -172,6 +172,17 @@ absl::StatusOr<std::vector<int32_t>> AllGatherInts(kernels::Ops& ops,
   return out;
 }
 
+absl::Status AgreeAllRanks(kernels::Ops& ops, parallel::Communicator& comm,
+                           const absl::Status& mine, absl::StatusCode code, const char* what) {
+  DSERVE_ASSIGN_OR_RETURN(const std::vector<int32_t> all,
+                          AllGatherInts(ops, comm, {mine.ok() ? 0 : 1}));
+  if (!mine.ok()) return mine;
+  for (size_t r = 0; r < all.size(); ++r) {
+    if (all[r] != 0) return absl::Status(code, absl::StrCat("rank ", r, " could not ", what));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status BroadcastTensor(kernels::Ops& ops, parallel::Communicator& comm, Tensor& t) {
   // Queued work that writes t is done first (NCCL would order it on the stream itself).
   DSERVE_RETURN_IF_ERROR(ops.TakeError());

@@ -50,6 +50,10 @@ absl::StatusOr<RankCall> ReceiveRankCall(kernels::Ops& ops, parallel::Communicat
 absl::StatusOr<std::vector<int32_t>> AllGatherInts(kernels::Ops& ops,
                                                    parallel::Communicator& comm,
                                                    const std::vector<int32_t>& mine);
+// Collective: OK on every rank when every rank's `mine` is OK; else this rank's own error, or
+// (`code`) "rank R could not <what>" naming the first rank that failed.
+absl::Status AgreeAllRanks(kernels::Ops& ops, parallel::Communicator& comm,
+                           const absl::Status& mine, absl::StatusCode code, const char* what);
 // A tensor's bytes from rank 0 to every rank (`t` allocated with the same shape everywhere).
 absl::Status BroadcastTensor(kernels::Ops& ops, parallel::Communicator& comm, Tensor& t);
 
